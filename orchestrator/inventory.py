@@ -1,0 +1,165 @@
+"""The inventory: which nodes, which image, which model, which playbook.
+
+Every field is validated before anything is contacted; `config.load_inventory` turns a
+validation failure into an `InventoryError` naming the file, the field path and what was
+expected.  Inventory values are data: they only ever reach a remote shell as single,
+quoted argv elements (see `remote.py`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[a-z0-9][a-z0-9-]{0,38}$"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NIC_RE = r"^[A-Za-z0-9_.:@-]{1,15}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not ENV_NAME_RE.match(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+    return env
+
+
+EnvDict = Annotated[dict[str, str], AfterValidator(check_env)]
+
+
+class SSHOptions(Strict):
+    """How to reach a node over SSH. Node-level values override the inventory-level ones."""
+
+    user: str | None = Field(None, description="login user (default: ssh config, else root)")
+    port: int | None = Field(None, ge=1, le=65535, description="SSH port (default 22)")
+    key: str | None = Field(None, description="private key file; the SSH agent is used too")
+    known_hosts: str | None = Field(
+        None, description="known_hosts file to verify host keys (default ~/.ssh/known_hosts)"
+    )
+    jump: str | None = Field(None, description="jump host, [user@]host[:port]")
+    config: str | None = Field(None, description="ssh config file (default ~/.ssh/config)")
+
+
+class Node(Strict):
+    name: str = Field(pattern=NAME_RE, description="short node name, used in container names")
+    host: str = Field(min_length=1, description="address or ~/.ssh/config alias to SSH to")
+    user: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    key: str | None = None
+    jump: str | None = None
+    nic: str | None = Field(
+        None, pattern=NIC_RE, description="cluster NIC; detected when omitted"
+    )
+    ip: str | None = Field(None, description="cluster IPv4 on that NIC; detected when omitted")
+    devices: int | None = Field(
+        None, ge=0, description="accelerators on this node (default: the profile's count)"
+    )
+    data_parallel_local: int | None = Field(
+        None, ge=1, description="DP ranks on this node (default: the playbook's)"
+    )
+    env: EnvDict = Field(default_factory=dict, description="extra env for this node")
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if v.startswith("-") or any(c.isspace() for c in v):
+            raise ValueError("must be a host name, address or ssh config alias")
+        return v
+
+
+class Model(Strict):
+    path: str = Field(
+        min_length=1,
+        description="what `vllm serve` loads: a path on the nodes, or a hub id",
+    )
+    served_name: str | None = Field(None, min_length=1, description="--served-model-name")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if v.startswith("-"):
+            raise ValueError("must not start with '-'")
+        return v
+
+
+class Overrides(Strict):
+    """Per-deployment changes to the playbook."""
+
+    tensor_parallel: int | None = Field(None, ge=1)
+    data_parallel: int | None = Field(None, ge=1)
+    data_parallel_local: int | None = Field(None, ge=1)
+    api_port: int | None = Field(None, ge=1, le=65535)
+    rpc_port: int | None = Field(None, ge=1, le=65535)
+    host: str | None = Field(None, description="address the API binds to (--host)")
+    args: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="vllm serve flags to add or replace; null or true = bare flag, false = drop",
+    )
+    env: EnvDict = Field(default_factory=dict)
+    mounts: list[str] = Field(default_factory=list, description="host:container[:ro]")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: dict[str, object]) -> dict[str, object]:
+        for flag in v:
+            if not re.match(r"^--[a-z0-9][a-z0-9.-]*$", flag):
+                raise ValueError(f"{flag!r} is not a long vllm flag like --max-model-len")
+        return v
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts(cls, v: list[str]) -> list[str]:
+        for m in v:
+            parts = m.split(":")
+            if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
+                raise ValueError(f"{m!r} is not /host/path:/container/path[:ro]")
+        return v
+
+
+class Inventory(Strict):
+    deployment: str = Field(pattern=NAME_RE, description="deployment name (container names)")
+    playbook: str = Field(min_length=1, description="playbook name in playbooks/, or a path")
+    runtime: Literal["docker", "podman"] = "docker"
+    image: str = Field(min_length=1, pattern=r"^[^\s-][^\s]*$")
+    model: Model
+    ssh: SSHOptions = SSHOptions()
+    head: str | None = Field(None, description="node serving the API (default: first node)")
+    nodes: list[Node] = Field(min_length=1)
+    overrides: Overrides = Overrides()
+
+    @model_validator(mode="after")
+    def _nodes(self) -> Inventory:
+        names = [n.name for n in self.nodes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate node names: {', '.join(dup)}")
+        hosts = [(n.host, n.port) for n in self.nodes]
+        duph = sorted({h for h, p in hosts if hosts.count((h, p)) > 1})
+        if duph:
+            raise ValueError(f"the same host appears twice: {', '.join(duph)}")
+        ips = [n.ip for n in self.nodes if n.ip]
+        dupi = sorted({i for i in ips if ips.count(i) > 1})
+        if dupi:
+            raise ValueError(f"the same cluster IP appears twice: {', '.join(dupi)}")
+        if self.head is not None and self.head not in names:
+            raise ValueError(f"head {self.head!r} is not one of the nodes ({', '.join(names)})")
+        return self
+
+    @property
+    def head_node(self) -> Node:
+        if self.head is None:
+            return self.nodes[0]
+        return next(n for n in self.nodes if n.name == self.head)

@@ -1,0 +1,87 @@
+"""Playbooks and hardware profiles: deployment recipes as data.
+
+A playbook (playbooks/<name>.yaml) holds what the seeds' tutorials type by hand: the vLLM
+flags, the environment, the container options, the parallel sizes.  A hardware profile
+(playbooks/profiles/<name>.yaml) holds what depends on the machine: device nodes, driver
+mounts, and which environment variables carry the node's own NIC and IP.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .inventory import EnvDict, Strict
+
+Scalar = str | int | float | bool | None
+
+
+class ContainerOptions(Strict):
+    net_host: bool = Field(True, description="--net=host (multi-node vLLM needs it)")
+    privileged: bool = Field(False, description="--privileged=true")
+    shm_size: str | None = Field(None, description="--shm-size=VALUE, e.g. 500g")
+    ipc_host: bool = Field(False, description="--ipc=host")
+    extra: list[str] = Field(default_factory=list, description="more run flags, verbatim")
+
+
+class Profile(Strict):
+    """What a kind of machine needs in every container."""
+
+    name: str
+    kind: Literal["ascend", "nvidia", "rocm", "cpu"]
+    description: str = ""
+    devices: int = Field(ge=0, description="accelerators per node (0: CPU, not checked)")
+    device_paths: list[str] = Field(
+        default_factory=list, description="per-accelerator device node, {i} = index"
+    )
+    shared_devices: list[str] = Field(default_factory=list, description="--device for all")
+    mounts: list[str] = Field(default_factory=list, description="driver/tool bind mounts")
+    run_flags: list[str] = Field(default_factory=list, description="e.g. --gpus all")
+    nic_env: dict[str, str] = Field(
+        default_factory=dict, description="env templates with {nic} and {ip} of the node"
+    )
+    env: EnvDict = Field(default_factory=dict)
+
+
+class Parallel(Strict):
+    tensor: int = Field(1, ge=1, description="--tensor-parallel-size")
+    data: int = Field(1, ge=1, description="--data-parallel-size (all nodes together)")
+    data_local: int | None = Field(
+        None, ge=1, description="--data-parallel-size-local (default: data / nodes)"
+    )
+    expert: bool = Field(False, description="--enable-expert-parallel")
+
+
+class Ports(Strict):
+    api: int = Field(8000, ge=1, le=65535, description="--port of the API server")
+    rpc: int = Field(29550, ge=1, le=65535, description="--data-parallel-rpc-port")
+
+
+class Playbook(Strict):
+    name: str
+    description: str = ""
+    source: str = Field("", description="where the recipe comes from (seed, tutorial)")
+    profile: str = Field(description="hardware profile name (playbooks/profiles/)")
+    vllm_version: str = Field(description="vLLM version of the image, e.g. 0.11.0")
+    topology: Literal["single", "dp"] = "dp"
+    parallel: Parallel = Parallel()
+    ports: Ports = Ports()
+    host: str = Field("0.0.0.0", description="--host the API binds to")
+    api_server_count: int | None = Field(None, ge=1, description="head only")
+    serve: dict[str, Scalar] = Field(
+        default_factory=dict,
+        description="further vllm serve flags in order; null/true = bare flag",
+    )
+    env: EnvDict = Field(default_factory=dict)
+    container: ContainerOptions = ContainerOptions()
+    min_nodes: int = Field(1, ge=1)
+    max_nodes: int | None = Field(None, ge=1)
+
+    @field_validator("serve")
+    @classmethod
+    def _serve(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
+        for flag in v:
+            if not flag.startswith("--"):
+                raise ValueError(f"{flag!r}: flags are written in long form, like --seed")
+        return v
