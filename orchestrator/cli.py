@@ -1,40 +1,203 @@
-"""The `orch` command line (first cut: plan)."""
+"""The `orch` command line.
+
+Exit codes (docs/cli.md):
+  0  success: deployed / healthy / removed
+  1  failed: a rank died, the deadline passed, the deployment is unhealthy, a node is unreachable
+  2  bad input: inventory, playbook or topology invalid - nothing was touched
+  3  `orch up --detailed-exitcode` only: the deployment was (re)deployed and now serves
+  4  another orch run holds this deployment's lock
+  130 interrupted (Ctrl-C / SIGTERM); what this run started was removed
+"""
+
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Optional, TypeVar
 
 import typer
 
-from . import config
-from .errors import OrchError
-from .plan import build_plan
+from . import config, state
+from .cluster import Deployment, open_session
+from .deploy import down as do_down
+from .deploy import up as do_up
+from .errors import InputError, OrchError
+from .log import log, setup
+from .render import console, print_plan, print_status
+from .status import status as do_status
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_CHANGED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Deploy vLLM / vLLM-Ascend across several machines over SSH and keep it running.\n\n"
+    "Exit codes: 0 ok, 1 failed/unhealthy, 2 bad input (nothing touched), "
+    "3 changed (up --detailed-exitcode), 4 locked, 130 interrupted.",
+)
+
+InventoryArg = typer.Argument(..., help="inventory YAML file (see inventory.example.yaml)")
+OptInventoryArg = typer.Argument(None, help="inventory YAML file; default: the one of the last `orch up`")
+JsonOpt = typer.Option(False, "--json", help="print a JSON document on stdout")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="only warnings and errors on stderr")
 
 
-@app.callback()
-def _root() -> None:
-    """orch: deploy vLLM across several machines over SSH and keep it running."""
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; SIGTERM cancels it like Ctrl-C does, so cleanup code runs."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await fn()
+
+    return asyncio.run(main())
+
+
+def resolve_inventory(path: Optional[Path]) -> Path:
+    if path is not None:
+        return path
+    last = state.last_inventory()
+    if last is None:
+        raise InputError("no inventory given and no earlier `orch up` remembered; pass INVENTORY")
+    if not last.is_file():
+        raise InputError(f"the inventory of the last `orch up` ({last}) no longer exists; pass INVENTORY")
+    return last
 
 
 @app.command()
-def plan(inventory: Path, json_out: bool = typer.Option(False, "--json")) -> None:
-    inv = config.load_inventory(inventory)
-    pb_path = config.find_playbook(inv.playbook, inventory)
-    pb = config.load_playbook(pb_path)
-    prof = config.load_profile(pb.profile, pb_path)
-    p = build_plan(inv, pb, prof)
+def plan(inventory: Path = InventoryArg, json_out: bool = JsonOpt) -> None:
+    """Show what `orch up` would run on every node. Contacts nothing.
+
+    NIC/IP not given in the inventory are detected on the hosts at `orch up` and shown here as
+    placeholders."""
+    dep = Deployment.load(inventory)
+    p = dep.static_plan()
     if json_out:
         print(json.dumps(p.to_json(), indent=2))
     else:
-        print(p)
+        print_plan(p)
+
+
+@app.command()
+def up(
+    inventory: Path = InventoryArg,
+    timeout: float = typer.Option(1800, help="overall deadline in seconds for the group to serve"),
+    keep_on_failure: bool = typer.Option(False, help="leave a failed group running for debugging"),
+    force: bool = typer.Option(False, help="redeploy even when healthy and unchanged"),
+    detailed_exitcode: bool = typer.Option(
+        False, "--detailed-exitcode", help="exit 3 (not 0) when something was (re)deployed"),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Deploy (or repair) the inventory's deployment and wait until it serves.
+
+    Connects to every node, resolves NICs/IPs, removes this deployment's old containers,
+    starts the head then the headless ranks, and waits for /v1/models and one completion
+    while watching every rank. A rank that exits fails the run at once with its log.
+    When everything already runs as planned and answers, it does nothing."""
+    setup(quiet)
+    dep = Deployment.load(inventory)
+
+    async def go() -> int:
+        s = await open_session(dep)
+        try:
+            res = await do_up(s, timeout_s=timeout, keep_on_failure=keep_on_failure, force=force)
+        finally:
+            s.close()
+        state.remember_inventory(inventory)
+        if json_out:
+            print(json.dumps({"changed": res.changed, "reason": res.reason, "seconds": round(res.seconds, 1),
+                              "api_url": res.plan.api_url, "answer": res.answer}))
+        elif not quiet:
+            verb = "deployed" if res.changed else "nothing to do"
+            console.print(f"{verb}: {res.plan.deployment} serves {res.plan.served_name!r} at "
+                          f"{res.plan.api_url} ({res.reason}; {res.seconds:.1f}s)")
+        return EXIT_CHANGED if (res.changed and detailed_exitcode) else EXIT_OK
+
+    raise typer.Exit(run_async(go))
+
+
+@app.command()
+def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt) -> None:
+    """Per node: container state, uptime, restarts, drift; the API's readiness. Exit 0 only when
+    every rank runs as planned and the API serves the model."""
+    setup(quiet=True)
+    path = resolve_inventory(inventory)
+    dep = Deployment.load(path)
+
+    async def go() -> int:
+        s = await open_session(dep, require_all=False)
+        try:
+            p = await s.plan(tolerant=True)
+            st = await do_status(s, p)
+        finally:
+            s.close()
+        if json_out:
+            print(json.dumps(st.to_json(), indent=2))
+        else:
+            print_status(st)
+        return EXIT_OK if st.healthy else EXIT_FAILED
+
+    raise typer.Exit(run_async(go))
+
+
+@app.command()
+def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt) -> None:
+    """Stop and remove this deployment's containers on every node. Safe to repeat."""
+    setup(quiet)
+    path = resolve_inventory(inventory)
+    dep = Deployment.load(path)
+
+    async def go() -> int:
+        s = await open_session(dep)
+        try:
+            removed = await do_down(s)
+        finally:
+            s.close()
+        total = sum(len(v) for v in removed.values())
+        if total == 0:
+            console.print(f"nothing to remove: no container of {dep.inv.deployment} on any node")
+        else:
+            for node, names in removed.items():
+                if names:
+                    console.print(f"{node}: removed {', '.join(names)}")
+        return EXIT_OK
+
+    raise typer.Exit(run_async(go))
+
+
+@app.command()
+def playbooks() -> None:
+    """List the playbooks orch knows."""
+    for path, pb in config.list_playbooks():
+        console.print(f"[bold]{pb.name}[/]  ({pb.profile}, {pb.topology})  {pb.description}")
+        console.print(f"    {path}", highlight=False)
+
+
+try:
+    from .lab.cli import lab_app
+
+    app.add_typer(lab_app, name="lab", help="A local multi-host lab (network namespaces) to try orch on.")
+except ImportError:  # pragma: no cover - the lab is optional
+    pass
 
 
 def main() -> None:
     try:
         app()
     except OrchError as exc:
-        print(f"orch: {exc}", file=sys.stderr)
+        print(f"orch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("orch: interrupted; what this run started was removed", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)

@@ -96,3 +96,12 @@ class ReadinessTimeout(DeployError):
 
 class LockedError(OrchError):
     exit_code = 4
+
+
+class NodeErrors(OrchError):
+    """Several nodes failed at the same step; one entry each (exit 2 if all are input errors)."""
+
+    def __init__(self, errors: list[OrchError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+        self.exit_code = 2 if all(isinstance(e, InputError) for e in errors) else 1

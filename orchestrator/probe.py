@@ -1,0 +1,118 @@
+"""HTTP probes of a deployment's API (httpx); httpx errors are translated here only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+
+class ProbeError(Exception):
+    """An API probe got no (good) answer; `reason` is one line for the operator."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ApiState:
+    ready: bool
+    models: list[str]
+    version: str | None
+    reason: str
+
+
+class Api:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url
+        self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, trust_env=False)
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def _get(self, path: str) -> httpx.Response:
+        try:
+            return await self._client.get(path)
+        except httpx.ConnectError as exc:
+            raise ProbeError(f"{self.base_url}: connection refused (not listening yet)") from exc
+        except httpx.TimeoutException as exc:
+            raise ProbeError(f"{self.base_url}{path}: no answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+
+    async def models(self) -> list[str]:
+        r = await self._get("/v1/models")
+        if r.status_code == 401:
+            raise ProbeError("/v1/models answered 401: the API wants a key (set api_key_env)")
+        if r.status_code != 200:
+            raise ProbeError(f"/v1/models answered {r.status_code}")
+        try:
+            return [m["id"] for m in r.json().get("data", [])]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProbeError(f"/v1/models answered something that is not a model list: {r.text[:120]}") from exc
+
+    async def version(self) -> str | None:
+        try:
+            r = await self._get("/version")
+            return r.json().get("version") if r.status_code == 200 else None
+        except (ProbeError, ValueError):
+            return None
+
+    async def health(self) -> int:
+        return (await self._get("/health")).status_code
+
+    async def metrics(self) -> str:
+        r = await self._get("/metrics")
+        if r.status_code != 200:
+            raise ProbeError(f"/metrics answered {r.status_code}")
+        return r.text
+
+    async def complete(self, model: str, prompt: str = "Hello", max_tokens: int = 4, timeout: float = 60) -> str:
+        try:
+            r = await self._client.post(
+                "/v1/completions",
+                json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+                timeout=timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise ProbeError(f"a completion got no answer within {timeout:.0f}s") from exc
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"a completion failed: {type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise ProbeError(f"a completion answered {r.status_code}: {r.text[:200]}")
+        try:
+            return str(r.json()["choices"][0]["text"])
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ProbeError(f"a completion answered something unexpected: {r.text[:200]}") from exc
+
+    async def chat(self, model: str, content: object, max_tokens: int = 16, timeout: float = 60) -> str:
+        try:
+            r = await self._client.post(
+                "/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": content}],
+                      "max_tokens": max_tokens, "temperature": 0},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"a chat completion failed: {type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise ProbeError(f"a chat completion answered {r.status_code}: {r.text[:200]}")
+        try:
+            return str(r.json()["choices"][0]["message"]["content"])
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ProbeError(f"a chat completion answered something unexpected: {r.text[:200]}") from exc
+
+    async def state(self, served: str) -> ApiState:
+        try:
+            models = await self.models()
+        except ProbeError as exc:
+            return ApiState(False, [], None, exc.reason)
+        version = await self.version()
+        if served not in models:
+            return ApiState(False, models, version, f"serves {models}, not {served!r}")
+        return ApiState(True, models, version, "ok")

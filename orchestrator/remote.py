@@ -1,0 +1,191 @@
+"""SSH to the nodes (asyncssh), with errors translated here and only here.
+
+Commands are argv lists, quoted exactly once with `shlex.join` at the moment they are sent;
+no inventory value is ever pasted into a shell string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from .errors import CommandError, ConnectError
+from .inventory import Inventory, Node
+from .retry import policy
+
+
+@dataclass(frozen=True)
+class Result:
+    rc: int | None
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything needed to open an SSH connection to one node."""
+
+    node: str
+    host: str
+    port: int | None
+    user: str | None
+    key: str | None
+    known_hosts: str | None
+    jump: str | None
+    config: str | None
+    accept_new: bool = False
+
+    @classmethod
+    def of(cls, inv: Inventory, node: Node, accept_new: bool = False) -> Target:
+        s = inv.ssh
+        return cls(
+            node=node.name,
+            host=node.host,
+            port=node.port or s.port,
+            user=node.user or s.user,
+            key=node.key or s.key,
+            known_hosts=s.known_hosts,
+            jump=node.jump or s.jump,
+            config=s.config,
+            accept_new=accept_new,
+        )
+
+
+def _expand(p: str | None) -> str | None:
+    return os.path.expanduser(p) if p else None
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectError) and getattr(exc, "transient", False)
+
+
+class Host:
+    """One open SSH connection to a node."""
+
+    def __init__(self, target: Target, conn: asyncssh.SSHClientConnection) -> None:
+        self.target = target
+        self.name = target.node
+        self._conn = conn
+        self.sudo = (conn.get_extra_info("username") or "root") != "root"
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 120,
+        check: bool = True,
+        merge: bool = False,
+        input: str | None = None,
+    ) -> Result:
+        """Run argv on the node. `merge` sends stderr into stdout (for logs)."""
+        full = (["sudo", "-n", "--"] if self.sudo else []) + list(argv)
+        cmd = shlex.join(full)
+        try:
+            r = await self._conn.run(
+                cmd,
+                check=False,
+                timeout=timeout,
+                input=input,
+                stderr=asyncssh.STDOUT if merge else asyncssh.PIPE,
+            )
+        except asyncssh.TimeoutError as exc:
+            raise CommandError(self.name, full, None, f"timed out after {timeout:.0f}s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            err = ConnectError(self.name, f"connection lost while running {full[0]}: {exc}")
+            err.transient = True  # type: ignore[attr-defined]
+            raise err from exc
+        out = _text(r.stdout)
+        errtext = _text(r.stderr)
+        res = Result(r.exit_status, out, errtext)
+        if check and not res.ok:
+            raise CommandError(self.name, full, res.rc, errtext or out)
+        return res
+
+    async def sh(self, script: str, **kw: object) -> Result:
+        """Run a fixed script (orch's own text, never inventory values) with sh -c."""
+        return await self.run(["sh", "-c", script], **kw)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _text(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    return str(v)
+
+
+async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
+    opts: dict[str, object] = {"connect_timeout": timeout}
+    if t.port:
+        opts["port"] = t.port
+    if t.user:
+        opts["username"] = t.user
+    if t.key:
+        opts["client_keys"] = [_expand(t.key)]
+    if t.config:
+        opts["config"] = [_expand(t.config)]
+    if t.known_hosts:
+        kh = _expand(t.known_hosts)
+        if not kh or not Path(kh).is_file():
+            raise ConnectError(t.node, f"known_hosts file {t.known_hosts} does not exist")
+        opts["known_hosts"] = kh
+    if t.jump:
+        opts["tunnel"] = t.jump
+    try:
+        return await asyncssh.connect(t.host, **opts)  # type: ignore[arg-type]
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise ConnectError(
+            t.node,
+            f"host key of {t.host} not verified ({exc.reason}); check it and add it to "
+            f"{t.known_hosts or '~/.ssh/known_hosts'} (or use --accept-new-host-keys for a new host)",
+        ) from exc
+    except asyncssh.PermissionDenied as exc:
+        raise ConnectError(
+            t.node, f"SSH login to {t.host} as {t.user or 'default user'} refused: {exc.reason}"
+        ) from exc
+    except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+        msg = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        err = ConnectError(t.node, f"cannot connect to {t.host}:{t.port or 22}: {msg}")
+        err.transient = True  # type: ignore[attr-defined]
+        raise err from exc
+
+
+async def connect(t: Target, *, timeout: float = 15, deadline_s: float = 45) -> Host:
+    """Connect with the project's retry policy (transient errors only)."""
+    async for attempt in policy(_transient, attempts=4, deadline_s=deadline_s):
+        with attempt:
+            conn = await _open(t, timeout)
+    return Host(t, conn)
+
+
+async def connect_all(targets: list[Target]) -> tuple[dict[str, Host], dict[str, BaseException]]:
+    """Connect to every node at once; each node gets its own outcome."""
+    results = await asyncio.gather(*(connect(t) for t in targets), return_exceptions=True)
+    hosts: dict[str, Host] = {}
+    errors: dict[str, BaseException] = {}
+    for t, r in zip(targets, results):
+        if isinstance(r, BaseException):
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+            errors[t.node] = r
+        else:
+            hosts[t.node] = r
+    return hosts, errors
+
+
+def close_all(hosts: dict[str, Host]) -> None:
+    for h in hosts.values():
+        h.close()

@@ -1,0 +1,70 @@
+"""Human-readable output: plans, status tables, results (rich)."""
+
+from __future__ import annotations
+
+import shlex
+
+from rich.console import Console
+from rich.table import Table
+
+from .plan import Plan
+from .status import Status
+
+console = Console(soft_wrap=True)
+
+
+def command_lines(argv: list[str]) -> str:
+    """A command as a shell would take it: quoted once, one option (with its value) per line."""
+    groups: list[list[str]] = []
+    for a in argv:
+        last = groups[-1] if groups else None
+        if last and not a.startswith("-") and (
+            (last[0].startswith("-") and len(last) == 1) or not last[0].startswith("-")
+        ):
+            last.append(a)
+        else:
+            groups.append([a])
+    return " \\\n    ".join(" ".join(shlex.quote(x) for x in g) for g in groups)
+
+
+def print_plan(plan: Plan) -> None:
+    c = console
+    c.print(f"[bold]deployment[/] {plan.deployment}  playbook {plan.playbook}  runtime {plan.runtime}")
+    c.print(f"image {plan.image}")
+    c.print(f"model {plan.model} served as {plan.served_name!r} at {plan.api_url}")
+    for w in plan.warnings:
+        c.print(f"[yellow]warning:[/] {w}")
+    if plan.unresolved:
+        c.print(f"[yellow]note:[/] NIC/IP of {', '.join(plan.unresolved)} are detected on the host at "
+                "`orch up`; shown as placeholders")
+    for n in plan.nodes:
+        c.print()
+        c.print(f"[bold]# {n.name}[/]: {n.role}, DP ranks {n.rank_start}..{n.rank_start + n.dp_local - 1}, "
+                f"ssh {n.host}, NIC {n.nic}, IP {n.ip}, spec {n.spec_hash}")
+        c.print(command_lines(n.argv), markup=False, highlight=False, soft_wrap=True)
+
+
+def _age(s: int | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def print_status(st: Status) -> None:
+    t = Table(title=f"deployment {st.deployment}", title_justify="left")
+    for col in ("node", "role", "container", "state", "up", "restarts", "spec", "drift"):
+        t.add_column(col)
+    for n in st.nodes:
+        state = n.state if not n.error else f"{n.state}: {n.error[:60]}"
+        color = "green" if n.healthy else "red"
+        t.add_row(n.name, n.role, n.container or "-", f"[{color}]{state}[/]", _age(n.uptime_s),
+                  str(n.restarts), n.spec_hash or "-", "[red]yes[/]" if n.drift else "no")
+    console.print(t)
+    api = "[green]ready[/]" if st.api_ready else f"[red]not ready[/] ({st.api_reason})"
+    console.print(f"API {st.api_url}: {api}; model {st.served_model!r}; vLLM {st.version or '?'}")
+    verdict = "[green]healthy[/]" if st.healthy else "[red]unhealthy[/]"
+    console.print(f"deployment: {verdict}" + (" [yellow](drift: the inventory changed)[/]" if st.drift else ""))

@@ -1,0 +1,62 @@
+"""orch's state directory: the last inventory, saved log tails, run history, locks.
+
+`$ORCH_STATE_DIR`, else `$XDG_STATE_HOME/orch`, else `~/.local/state/orch`.  Created 0700,
+files 0600: nothing secret is written here, but logs can reveal topology.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def state_dir() -> Path:
+    env = os.environ.get("ORCH_STATE_DIR")
+    if env:
+        d = Path(env)
+    else:
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        d = Path(base) / "orch"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def remember_inventory(path: Path) -> None:
+    write_private(state_dir() / "last-inventory", str(path.resolve()) + "\n")
+
+
+def last_inventory() -> Path | None:
+    p = state_dir() / "last-inventory"
+    if not p.is_file():
+        return None
+    return Path(p.read_text().strip())
+
+
+def deployment_dir(deployment: str) -> Path:
+    d = state_dir() / "deployments" / deployment
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def save_log_tails(deployment: str, tails: dict[str, str]) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    d = deployment_dir(deployment) / "failed" / stamp
+    for node, text in tails.items():
+        write_private(d / f"{node}.log", text)
+    return d
+
+
+def append_history(deployment: str, record: dict[str, object]) -> None:
+    p = deployment_dir(deployment) / "history.jsonl"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}) + "\n")

@@ -1,0 +1,98 @@
+"""`orch status`: what runs where, is it healthy, does it match the inventory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from .cluster import Session
+from .plan import Plan
+from .probe import Api
+from .runtime import Container
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    role: str
+    reachable: bool
+    container: str | None = None
+    state: str = "missing"
+    uptime_s: int | None = None
+    restarts: int = 0
+    spec_hash: str | None = None
+    expected_hash: str | None = None
+    drift: bool = False
+    extra_containers: int = 0
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.reachable and self.state == "running" and not self.drift and not self.extra_containers
+
+
+@dataclass
+class Status:
+    deployment: str
+    api_url: str
+    served_model: str
+    api_ready: bool
+    api_reason: str
+    models: list[str]
+    version: str | None
+    nodes: list[NodeStatus] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return self.api_ready and all(n.healthy for n in self.nodes)
+
+    @property
+    def drift(self) -> bool:
+        return any(n.drift for n in self.nodes)
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["healthy"] = self.healthy
+        d["drift"] = self.drift
+        for n, nd in zip(self.nodes, d["nodes"]):  # type: ignore[arg-type]
+            nd["healthy"] = n.healthy
+        return d
+
+
+def node_status(name: str, role: str, expected: str, cs: list[Container], now: datetime) -> NodeStatus:
+    ns = NodeStatus(name, role, True, expected_hash=expected)
+    if not cs:
+        return ns
+    cs = sorted(cs, key=lambda c: (c.running, c.started_at or now), reverse=True)
+    c = cs[0]
+    ns.container = c.name
+    ns.state = c.status if c.status != "exited" else f"exited ({c.exit_code})"
+    ns.restarts = c.restarts
+    ns.spec_hash = c.spec_hash
+    ns.drift = c.spec_hash != expected
+    ns.extra_containers = len(cs) - 1
+    if c.running and c.started_at:
+        ns.uptime_s = int((now - c.started_at).total_seconds())
+    return ns
+
+
+async def status(s: Session, plan: Plan, api_key: str | None = None) -> Status:
+    now = datetime.now(timezone.utc)
+    found = await s.each(s.containers)
+    nodes = []
+    for spec in plan.nodes:
+        if spec.name not in s.hosts:
+            err = s.unreachable.get(spec.name)
+            nodes.append(NodeStatus(spec.name, spec.role, False, state="unreachable", error=str(err),
+                                    expected_hash=spec.spec_hash))
+            continue
+        r = found[spec.name]
+        if isinstance(r, BaseException):
+            nodes.append(NodeStatus(spec.name, spec.role, True, state="unknown", error=str(r),
+                                    expected_hash=spec.spec_hash))
+        else:
+            nodes.append(node_status(spec.name, spec.role, spec.spec_hash, r, now))
+    async with Api(plan.api_url, api_key, timeout=5) as api:
+        st = await api.state(plan.served_name)
+    return Status(plan.deployment, plan.api_url, plan.served_name, st.ready, st.reason, st.models,
+                  st.version, nodes)
