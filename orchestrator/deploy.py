@@ -119,8 +119,12 @@ async def wait_ready(s: Session, plan: Plan, deadline: float, api_key: str | Non
 
 
 async def collect_tails(s: Session, plan: Plan, lines: int = 200) -> dict[str, str]:
+    """The last log lines of every container of this deployment that exists."""
+
     async def one(h: Host) -> str:
-        return await s.log_tail(h, plan.node(h.name).container, lines)
+        texts = [f"=== {c.name} ({c.status})\n" + await s.log_tail(h, c.id, lines)
+                 for c in await s.containers(h)]
+        return "\n".join(texts)
 
     return {k: v for k, v in (await s.each(one)).items() if isinstance(v, str) and v}
 
