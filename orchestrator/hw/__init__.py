@@ -26,6 +26,7 @@ __all__ = [
     "Status",
     "recorded_output",
     "split_probe_output",
+    "tool_missing",
 ]
 
 Status = Literal["pass", "warn", "fail"]

@@ -254,3 +254,261 @@ def parse_cann_install_info(text: str) -> str:
     if "version" not in kv:
         raise ParseError("ascend_toolkit_install.info", "no version=", text)
     return kv["version"]
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+@dataclass(frozen=True)
+class NpuLinkFacts:
+    """What hccn_tool said about one device; None = "not configured" (see `missing`)."""
+
+    link: str | None = None  # "UP" / "DOWN"
+    net_health: str | None = None  # "Success", "Fault", ...
+    ip: tuple[str, str] | None = None  # (address, netmask); None: no IP preset
+    gateway: str | None = None
+    netdetect: str | None = None
+    tls: bool | None = None
+    lldp_ifname: str | None = None
+    pings: tuple[tuple[str, PingResult], ...] = ()  # (peer address, result)
+    missing: frozenset[str] = frozenset()  # ops whose output was absent or unparseable
+
+
+def _label(n: Npu) -> str:
+    return f"NPU {n.id}" if n.phy_id is None else f"NPU {n.id} chip {n.chip} (device {n.phy_id})"
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def _finding(check: str, bad: list[str], unknown: list[str], ok: str, fix: str,
+             bad_status: Literal["warn", "fail"] = "fail") -> Finding:
+    if bad:
+        return Finding(check, bad_status, "; ".join(bad + unknown), fix)
+    if unknown:
+        return Finding(check, "warn", "; ".join(unknown),
+                       "rerun the probe; check hccn_tool is installed "
+                       "(/usr/local/Ascend/driver/tools/hccn_tool) and runs as root")
+    return Finding(check, "pass", ok)
+
+
+def ascend_verdicts(npu_info: NpuSmiInfo | None, per_npu: Mapping[int, NpuLinkFacts],
+                    need_devices: int, *, devices: Collection[int] | None = None,
+                    hbm_warn_pct: float = 15.0, hbm_fail_pct: float = 50.0) -> list[Finding]:
+    """Checks for one node. `devices` limits the per-device checks (default: all found)."""
+    if npu_info is None:
+        return [Finding("npu.count", "fail", "npu-smi info gave no usable output",
+                        "run `npu-smi info` on the node: 'dcmi module initialize failed' means "
+                        "the driver is not loaded or /dev/davinci* are not passed to the "
+                        "container")]
+    found = sorted({n.device for n in npu_info.npus})
+    use = [n for n in npu_info.npus if devices is None or n.device in devices]
+    out = [Finding("npu.count", "pass", f"{len(found)} NPUs, need {need_devices}")
+           if len(found) >= need_devices else
+           Finding("npu.count", "fail", f"found {len(found)} NPUs ({_ids(found)}), "
+                   f"need {need_devices}", "check `npu-smi info` and `ls /dev/davinci*`; "
+                   "reinstall/reload the driver or fix the inventory's device count")]
+    sick = [n for n in use if n.health != "OK"]
+    health_fix = ""
+    if sick:
+        health_fix = (f"`npu-smi info -t health -i {sick[0].id}` shows the alarm; reset the "
+                      f"device (npu-smi set -t reset -i {sick[0].id} -c {sick[0].chip}) or reboot")
+    out.append(_finding("npu.health", [f"{_label(n)} health {n.health}" for n in sick], [],
+                        "all NPUs OK", health_fix,
+                        "warn" if all(n.health == "Warning" for n in sick) else "fail"))
+    used = {(n.id, n.chip): n for n in use}
+    busy = [(used[p.npu_id, p.chip], p) for p in npu_info.processes if (p.npu_id, p.chip) in used]
+    out.append(_finding(
+        "npu.busy", [f"{_label(n)} used by pid {p.pid}" + (f" ({p.name})" if p.name else "")
+                     + f" holding {p.mem_mb} MB" for n, p in busy], [],
+        "no processes on the NPUs", "stop the process or container holding the NPU (e.g. a "
+        "previous vLLM run: docker ps; kill <pid>) or use other devices"))
+    full, high = [], []
+    for n in use:
+        pct = 100.0 * n.hbm_used_mb / n.hbm_total_mb if n.hbm_total_mb else 100.0
+        msg = f"{_label(n)} HBM {n.hbm_used_mb}/{n.hbm_total_mb} MB used ({pct:.0f}%)"
+        (full if pct >= hbm_fail_pct else high if pct >= hbm_warn_pct else []).append(msg)
+    out.append(_finding("npu.hbm", full or high, [], "HBM free on all NPUs",
+                        "HBM held without a listed process is usually another container's "
+                        "process: find and stop it, else reset the device",
+                        "fail" if full else "warn"))
+    if per_npu:
+        keep = {n.device for n in use}
+        out += _hccn_verdicts({d: f for d, f in per_npu.items() if d in keep or not keep})
+    return out
+
+
+def _hccn_verdicts(facts: Mapping[int, NpuLinkFacts]) -> list[Finding]:
+    items = sorted(facts.items())
+
+    def unknown(op: str) -> list[str]:
+        return [f"NPU {d}: no usable `-{op} -g` output" for d, f in items if op in f.missing]
+
+    down = [d for d, f in items if f.link == "DOWN"]
+    sick = [(d, f.net_health) for d, f in items if f.net_health not in (None, "Success")]
+    no_ip = [d for d, f in items if f.ip is None and "ip" not in f.missing]
+    ips = [f.ip[0] for _, f in items if f.ip]
+    dups = sorted({a for a in ips if ips.count(a) > 1})
+    no_gw = [d for d, f in items if f.gateway is None and "gateway" not in f.missing]
+    no_nd = [d for d, f in items if f.netdetect is None and "netdetect" not in f.missing]
+    tls = {d: f.tls for d, f in items if f.tls is not None}
+    on = [d for d, v in tls.items() if v]
+    n = down[0] if down else 0
+    out = [
+        _finding("hccn.link", [f"NPU {d} link DOWN" for d in down], unknown("link"),
+                 "all links UP", f"check the optical module/cable of NPU {n} and its switch port "
+                 f"(`hccn_tool -i {n} -lldp -g` names the port); if it was shut down: "
+                 f"`hccn_tool -i {n} -link -s up`"),
+        _finding("hccn.health", [f"NPU {d} net health {h}" for d, h in sick],
+                 unknown("net_health"), "net health Success on all NPUs",
+                 "net health pings the netdetect address: set a reachable one "
+                 "(`hccn_tool -i N -netdetect -s address <ip>`), check link and switch; "
+                 "`hccn_tool -i N -cfg recovery` reapplies /etc/hccn.conf"),
+        _finding("hccn.ip", [f"NPU {d} has no IP" for d in no_ip] +
+                 [f"IP {a} used by several NPUs" for a in dups], unknown("ip"),
+                 "every NPU has its own IP",
+                 "`hccn_tool -i N -ip -s address <ip> netmask <mask>` (one unique address per "
+                 "NPU; hccn_tool records it in /etc/hccn.conf)"),
+        _finding("hccn.gateway", [f"NPU {d} has no gateway" for d in no_gw], unknown("gateway"),
+                 "gateway set on all NPUs", "`hccn_tool -i N -gateway -s gateway <gw>` "
+                 "(needed when the peers' NPU addresses are in another subnet)", "warn"),
+        _finding("hccn.netdetect", [f"NPU {d} has no netdetect address" for d in no_nd],
+                 unknown("netdetect"), "netdetect set on all NPUs",
+                 "`hccn_tool -i N -netdetect -s address <gateway or peer ip>`", "warn"),
+        _finding("hccn.tls", [f"TLS enabled on NPU {_ids(on)}, disabled on NPU "
+                              f"{_ids([d for d in tls if d not in on])}"]
+                 if on and len(on) < len(tls) else [], unknown("tls"),
+                 f"TLS {'enabled' if on else 'disabled'} on all NPUs",
+                 "NPUs with different TLS settings cannot link; align them (recommended off): "
+                 "`hccn_tool -i N -tls -s enable 0` for every N"),
+    ]
+    pings = [(d, a, p) for d, f in items for a, p in f.pings]
+    if pings:
+        lost = [(d, a, p) for d, a, p in pings if not p.ok]
+        out.append(_finding("hccn.ping", [f"NPU {d} -> {a}: {p.received}/{p.sent} replies"
+                                          for d, a, p in lost], [], "peers reachable",
+                            "check VLAN/routes between the nodes' NPU networks; "
+                            "`hccn_tool -i N -ping -g address <peer>` must lose nothing",
+                            "fail" if any(p.received == 0 for _, _, p in lost) else "warn"))
+    return out
+
+
+def tls_consistency(tls: Mapping[str, Mapping[int, bool]]) -> dict[str, Finding]:
+    """Cross-node: TLS must be the same on every NPU of every node."""
+    uniform = {node: next(iter(v.values())) for node, v in tls.items()
+               if v and len(set(v.values())) == 1}
+    ref = sum(uniform.values()) > len(uniform) / 2  # majority; a tie picks "disabled"
+    fix = "`hccn_tool -i N -tls -s enable 0` on every NPU of every node (or enable everywhere)"
+    out: dict[str, Finding] = {}
+    for node, values in tls.items():
+        if not values:
+            out[node] = Finding("hccn.tls", "warn", "no TLS facts for this node", fix)
+        elif node not in uniform:
+            on = sorted(d for d, v in values.items() if v)
+            out[node] = Finding("hccn.tls", "fail", f"TLS mixed: enabled on NPU {_ids(on)}", fix)
+        elif uniform[node] != ref:
+            state = "enabled" if uniform[node] else "disabled"
+            out[node] = Finding("hccn.tls", "fail", f"TLS {state} on NPU {_ids(sorted(values))} "
+                                f"while most nodes have it {'disabled' if ref else 'enabled'}", fix)
+        else:
+            out[node] = Finding("hccn.tls", "pass", f"TLS {'enabled' if ref else 'disabled'}, "
+                                "same as the other nodes")
+    return out
+
+
+# ------------------------------------------------------------------------------- probe
+
+HCCN_OPS = ("link", "net_health", "ip", "gateway", "netdetect", "tls", "lldp")
+_FILES = {
+    "driver-version": "cat /usr/local/Ascend/driver/version.info",
+    "cann": "cat /usr/local/Ascend/ascend-toolkit/latest/*/ascend_toolkit_install.info",
+    "hccn.conf": "cat /etc/hccn.conf",
+}
+
+
+def ascend_probe_script(devices: int, ping: Mapping[int, Sequence[str]] | None = None) -> str:
+    """POSIX sh printing every tool's output between `==== key ====` / `==== rc N ====`.
+
+    Absent tools still yield their section (shell error text, rc 127). `ping` maps a
+    device to peer NPU addresses to ping from it.
+    """
+    lines = [
+        "#!/bin/sh",
+        "# orch ascend probe; sections: '==== <key> ====' <output> '==== rc <status> ===='",
+        'PATH="$PATH:/usr/local/Ascend/driver/tools:/usr/local/sbin:/usr/local/bin"',
+        "export PATH",
+        'run() { key=$1; shift; echo "==== $key ===="; out=$("$@" 2>&1); rc=$?; '
+        'printf \'%s\\n\' "$out"; echo "==== rc $rc ===="; }',
+        "run 'npu-smi info' npu-smi info",
+    ]
+    lines += [f"run 'file {k}' sh -c {shlex.quote(v)}" for k, v in _FILES.items()]
+    for d in range(devices):
+        lines += [f"run 'hccn {d} {op}' hccn_tool -i {d} -{op} -g" for op in HCCN_OPS]
+        for addr in (ping or {}).get(d, ()):
+            a = str(ipaddress.ip_address(addr))
+            lines.append(f"run 'hccn {d} ping {a}' hccn_tool -i {d} -ping -g address {a}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class AscendProbe:
+    """Everything `ascend_probe_script` gathered on one node, parsed."""
+
+    npu_info: NpuSmiInfo | None
+    per_npu: Mapping[int, NpuLinkFacts]
+    driver_version: str | None
+    cann_version: str | None
+    hccn_conf: Mapping[int, Mapping[str, str]] | None
+    problems: tuple[str, ...] = field(default=())  # sections absent or unparseable
+
+
+_HCCN_PARSERS = {"link": parse_hccn_link, "net_health": parse_hccn_net_health,
+                 "ip": parse_hccn_ip, "gateway": parse_hccn_gateway,
+                 "netdetect": parse_hccn_netdetect, "tls": parse_hccn_tls,
+                 "lldp": parse_hccn_lldp}
+_FACT_FIELD = {"net_health": "net_health", "lldp": "lldp_ifname"}
+
+
+def parse_ascend_probe(text: str) -> AscendProbe:
+    """Parse the output of `ascend_probe_script` (tolerates absent tools and cut-offs)."""
+    sections = split_probe_output(text)
+    problems: list[str] = []
+
+    def parsed(key: tuple[str, ...], fn, file: bool = False):  # type: ignore[no-untyped-def]
+        sec, name = sections.get(key), " ".join(key)
+        if sec is None:
+            problems.append(f"{name}: no output section (probe cut off?)")
+        elif file and sec.rc != 0:
+            problems.append(f"{name}: exit {sec.rc}: {sec.text.strip()[:200]}")
+        else:
+            try:
+                return fn(sec.text)
+            except ParseError as exc:
+                problems.append(f"{name}: exit {sec.rc}: {exc}")
+        return None
+
+    npu_info = parsed(("npu-smi", "info"), parse_npu_smi_info)
+    devs = sorted({int(k[1]) for k in sections if k[0] == "hccn" and k[1].isdigit()})
+    per_npu: dict[int, NpuLinkFacts] = {}
+    for d in devs:
+        values: dict[str, object] = {}
+        missing = set()
+        for op, fn in _HCCN_PARSERS.items():
+            sec = sections.get(("hccn", str(d), op))
+            try:
+                if sec is None:
+                    raise ParseError("hccn_tool", f"-{op}: no output section")
+                values[_FACT_FIELD.get(op, op)] = fn(sec.text)
+            except ParseError as exc:
+                missing.add(op)
+                problems.append(f"hccn {d} {op}: {exc}")
+        pings = tuple((k[3], r) for k in sections if k[:3] == ("hccn", str(d), "ping")
+                      for r in [parsed(k, parse_hccn_ping)] if r is not None)
+        per_npu[d] = NpuLinkFacts(**values, pings=pings,  # type: ignore[arg-type]
+                                  missing=frozenset(missing))
+    return AscendProbe(
+        npu_info, per_npu,
+        parsed(("file", "driver-version"), parse_driver_version_info, True),
+        parsed(("file", "cann"), parse_cann_install_info, True),
+        parsed(("file", "hccn.conf"), parse_hccn_conf, True), tuple(problems))
