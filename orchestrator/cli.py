@@ -22,6 +22,7 @@ from typing import Optional, TypeVar
 import typer
 
 from . import config, state
+from . import logs as logs_mod
 from .cluster import Deployment, open_session
 from .deploy import down as do_down
 from .deploy import up as do_up
@@ -48,6 +49,10 @@ InventoryArg = typer.Argument(..., help="inventory YAML file (see inventory.exam
 OptInventoryArg = typer.Argument(None, help="inventory YAML file; default: the one of the last `orch up`")
 JsonOpt = typer.Option(False, "--json", help="print a JSON document on stdout")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="only warnings and errors on stderr")
+AcceptOpt = typer.Option(
+    False, "--accept-new-host-keys",
+    help="trust an unknown SSH host key on first use and record it in orch's known_hosts "
+    "(a CHANGED key is always refused)")
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
@@ -98,6 +103,7 @@ def up(
         False, "--detailed-exitcode", help="exit 3 (not 0) when something was (re)deployed"),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
+    accept_new_host_keys: bool = AcceptOpt,
 ) -> None:
     """Deploy (or repair) the inventory's deployment and wait until it serves.
 
@@ -107,14 +113,17 @@ def up(
     When everything already runs as planned and answers, it does nothing."""
     setup(quiet)
     dep = Deployment.load(inventory)
+    name = dep.inv.deployment
 
     async def go() -> int:
-        s = await open_session(dep)
+        s = await open_session(dep, accept_new=accept_new_host_keys)
         try:
             res = await do_up(s, timeout_s=timeout, keep_on_failure=keep_on_failure, force=force)
         finally:
             s.close()
         state.remember_inventory(inventory)
+        state.append_history(name, {"action": "up", "changed": res.changed, "reason": res.reason,
+                                    "seconds": round(res.seconds, 1), "result": "serving"})
         if json_out:
             print(json.dumps({"changed": res.changed, "reason": res.reason, "seconds": round(res.seconds, 1),
                               "api_url": res.plan.api_url, "answer": res.answer}))
@@ -124,11 +133,21 @@ def up(
                           f"{res.plan.api_url} ({res.reason}; {res.seconds:.1f}s)")
         return EXIT_CHANGED if (res.changed and detailed_exitcode) else EXIT_OK
 
-    raise typer.Exit(run_async(go))
+    with state.DeploymentLock(name):
+        try:
+            code = run_async(go)
+        except OrchError as exc:
+            state.append_history(name, {"action": "up", "result": "failed", "error": str(exc)[:500]})
+            raise
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            state.append_history(name, {"action": "up", "result": "interrupted"})
+            raise
+    raise typer.Exit(code)
 
 
 @app.command()
-def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt) -> None:
+def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt,
+           accept_new_host_keys: bool = AcceptOpt) -> None:
     """Per node: container state, uptime, restarts, drift; the API's readiness. Exit 0 only when
     every rank runs as planned and the API serves the model."""
     setup(quiet=True)
@@ -136,7 +155,7 @@ def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt
     dep = Deployment.load(path)
 
     async def go() -> int:
-        s = await open_session(dep, require_all=False)
+        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         try:
             p = await s.plan(tolerant=True)
             st = await do_status(s, p)
@@ -152,16 +171,18 @@ def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt
 
 
 @app.command()
-def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt) -> None:
+def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt,
+         accept_new_host_keys: bool = AcceptOpt) -> None:
     """Stop and remove this deployment's containers on every node. Safe to repeat."""
     setup(quiet)
     path = resolve_inventory(inventory)
     dep = Deployment.load(path)
 
     async def go() -> int:
-        s = await open_session(dep)
+        s = await open_session(dep, accept_new=accept_new_host_keys)
         try:
-            removed = await do_down(s)
+            with state.DeploymentLock(dep.inv.deployment):
+                removed = await do_down(s)
         finally:
             s.close()
         total = sum(len(v) for v in removed.values())
@@ -171,6 +192,42 @@ def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt) ->
             for node, names in removed.items():
                 if names:
                     console.print(f"{node}: removed {', '.join(names)}")
+        return EXIT_OK
+
+    raise typer.Exit(run_async(go))
+
+
+@app.command()
+def logs(
+    node: Optional[str] = typer.Argument(None, help="only this node's rank"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="default: the last `orch up`'s"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines"),
+    since: Optional[str] = typer.Option(None, help="only lines since, e.g. 10m or 2026-11-24T10:00:00"),
+    tail: int = typer.Option(100, help="lines per rank (-1: all)"),
+) -> None:
+    """Logs of every rank, prefixed by node and merged in time."""
+    setup(quiet=True)
+    dep = Deployment.load(resolve_inventory(inventory))
+    names = [node] if node else None
+    if node and node not in {n.name for n in dep.inv.nodes}:
+        raise InputError(f"node {node!r} is not in the inventory ({', '.join(n.name for n in dep.inv.nodes)})")
+    width = max(len(n.name) for n in dep.inv.nodes)
+
+    def emit(name: str, text: str) -> None:
+        print(f"{name:<{width}} | {text}", flush=True)
+
+    async def go() -> int:
+        s = await open_session(dep, require_all=False)
+        for bad, err in s.unreachable.items():
+            emit(bad, f"[orch] unreachable: {err}")
+        try:
+            if follow:
+                await logs_mod.follow(s, names, tail, emit)
+            else:
+                for _, name, text in await logs_mod.collect(s, names, tail, since):
+                    emit(name, text)
+        finally:
+            s.close()
         return EXIT_OK
 
     raise typer.Exit(run_async(go))

@@ -111,6 +111,16 @@ class Host:
             raise CommandError(self.name, full, res.rc, errtext or out)
         return res
 
+    async def stream(self, argv: Sequence[str]):  # type: ignore[no-untyped-def]
+        """Yield the merged stdout/stderr lines of a long-running command (e.g. logs -f)."""
+        full = (["sudo", "-n", "--"] if self.sudo else []) + list(argv)
+        try:
+            async with self._conn.create_process(shlex.join(full), stderr=asyncssh.STDOUT) as proc:
+                async for line in proc.stdout:
+                    yield line.rstrip("\n")
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectError(self.name, f"connection lost while streaming: {exc}") from exc
+
     async def sh(self, script: str, **kw: object) -> Result:
         """Run a fixed script (orch's own text, never inventory values) with sh -c."""
         return await self.run(["sh", "-c", script], **kw)  # type: ignore[arg-type]
@@ -127,6 +137,47 @@ def _text(v: object) -> str:
     return str(v)
 
 
+def known_hosts_files(t: Target) -> list[Path]:
+    """Where host keys are trusted from: the inventory's file (else ~/.ssh/known_hosts), plus
+    orch's own file of keys accepted with --accept-new-host-keys."""
+    from .state import state_dir
+
+    primary = Path(_expand(t.known_hosts) or os.path.expanduser("~/.ssh/known_hosts"))
+    return [primary, state_dir() / "known_hosts"]
+
+
+def _known_hosts_data(t: Target) -> bytes:
+    if t.known_hosts and not Path(_expand(t.known_hosts) or "").is_file():
+        raise ConnectError(t.node, f"known_hosts file {t.known_hosts} does not exist")
+    return b"".join(p.read_bytes() + b"\n" for p in known_hosts_files(t) if p.is_file())
+
+
+def _host_pattern(host: str, port: int | None) -> str:
+    return host if not port or port == 22 else f"[{host}]:{port}"
+
+
+async def _fingerprint(t: Target, opts: dict[str, object]) -> tuple[str, str] | None:
+    """(fingerprint, known_hosts line) of the key the host presents now."""
+    kw = {k: v for k, v in opts.items() if k in ("port", "tunnel", "config")}
+    try:
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(t.host, **kw), 15)  # type: ignore[arg-type]
+    except (asyncssh.Error, OSError, asyncio.TimeoutError):
+        return None
+    if key is None:
+        return None
+    line = f"{_host_pattern(t.host, t.port)} {key.export_public_key('openssh').decode().strip()}\n"
+    return key.get_fingerprint("sha256"), line
+
+
+def _remember_host_key(line: str) -> None:
+    from .state import state_dir
+
+    p = state_dir() / "known_hosts"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(line)
+
+
 async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
     opts: dict[str, object] = {"connect_timeout": timeout}
     if t.port:
@@ -137,20 +188,30 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
         opts["client_keys"] = [_expand(t.key)]
     if t.config:
         opts["config"] = [_expand(t.config)]
-    if t.known_hosts:
-        kh = _expand(t.known_hosts)
-        if not kh or not Path(kh).is_file():
-            raise ConnectError(t.node, f"known_hosts file {t.known_hosts} does not exist")
-        opts["known_hosts"] = kh
     if t.jump:
         opts["tunnel"] = t.jump
+    data = _known_hosts_data(t)
     try:
-        return await asyncssh.connect(t.host, **opts)  # type: ignore[arg-type]
+        return await asyncssh.connect(t.host, known_hosts=data, **opts)  # type: ignore[arg-type]
     except asyncssh.HostKeyNotVerifiable as exc:
+        seen = await _fingerprint(t, opts)
+        fp = seen[0] if seen else "unknown"
+        known = asyncssh.match_known_hosts(data, t.host, t.host, t.port)[0] if data else []
+        files = " or ".join(str(p) for p in known_hosts_files(t))
+        if known:
+            raise ConnectError(
+                t.node,
+                f"HOST KEY OF {t.host} CHANGED: it now presents {fp}, which does not match {files}. "
+                "This can be a man-in-the-middle attack or a reinstalled host; verify it out of band, "
+                "then remove the old entry (ssh-keygen -R HOST -f FILE)",
+            ) from exc
+        if t.accept_new and seen:
+            _remember_host_key(seen[1])
+            return await asyncssh.connect(t.host, known_hosts=_known_hosts_data(t), **opts)  # type: ignore[arg-type]
         raise ConnectError(
             t.node,
-            f"host key of {t.host} not verified ({exc.reason}); check it and add it to "
-            f"{t.known_hosts or '~/.ssh/known_hosts'} (or use --accept-new-host-keys for a new host)",
+            f"host key of {t.host} is unknown ({fp}); verify it and add it to {files}, "
+            "or trust it on first use with --accept-new-host-keys",
         ) from exc
     except asyncssh.PermissionDenied as exc:
         raise ConnectError(

@@ -60,3 +60,38 @@ def append_history(deployment: str, record: dict[str, object]) -> None:
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}) + "\n")
+
+
+class DeploymentLock:
+    """An exclusive, non-blocking lock per deployment (flock on a file in the state dir), so two
+    overlapping runs (cron!) never act at once.  Released when the process exits, even killed."""
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = deployment
+        self.path = deployment_dir(deployment) / "lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> DeploymentLock:
+        import fcntl
+
+        from .errors import LockedError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(
+                f"another orch run holds the lock of deployment {self.deployment!r} ({holder}); "
+                f"lock file {self.path}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
