@@ -28,6 +28,7 @@ from .deploy import down as do_down
 from .deploy import up as do_up
 from .errors import InputError, OrchError
 from .log import log, setup
+from .secrets import mask
 from .render import console, print_plan, print_status
 from .status import status as do_status
 
@@ -85,7 +86,7 @@ def plan(inventory: Path = InventoryArg, json_out: bool = JsonOpt) -> None:
 
     NIC/IP not given in the inventory are detected on the hosts at `orch up` and shown here as
     placeholders."""
-    dep = Deployment.load(inventory)
+    dep = Deployment.load(inventory, with_secrets=False)
     p = dep.static_plan()
     if json_out:
         print(json.dumps(p.to_json(), indent=2))
@@ -158,7 +159,7 @@ def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt
         s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         try:
             p = await s.plan(tolerant=True)
-            st = await do_status(s, p)
+            st = await do_status(s, p, dep.api_key)
         finally:
             s.close()
         if json_out:
@@ -214,7 +215,7 @@ def logs(
     width = max(len(n.name) for n in dep.inv.nodes)
 
     def emit(name: str, text: str) -> None:
-        print(f"{name:<{width}} | {text}", flush=True)
+        print(f"{name:<{width}} | {mask(text)}", flush=True)
 
     async def go() -> int:
         s = await open_session(dep, require_all=False)
@@ -253,7 +254,7 @@ def main() -> None:
     try:
         app()
     except OrchError as exc:
-        print(f"orch: error: {exc}", file=sys.stderr)
+        print(f"orch: error: {mask(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("orch: interrupted; what this run started was removed", file=sys.stderr)

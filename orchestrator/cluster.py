@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from . import config, netinfo, runtime
+from . import config, netinfo, runtime, secrets
 from .errors import ConnectError, NodeErrors, OrchError
 from .inventory import Inventory
 from .playbook import Playbook, Profile
 from .plan import NodeNet, Plan, build_plan
 from .remote import Host, Target, close_all, connect_all
+from .secrets import Secrets
 
 T = TypeVar("T")
 
@@ -27,19 +28,27 @@ class Deployment:
     inv: Inventory
     playbook: Playbook
     profile: Profile
+    secrets: Secrets | None = None
 
     @classmethod
-    def load(cls, path: Path) -> Deployment:
+    def load(cls, path: Path, with_secrets: bool = True) -> Deployment:
+        """Load and validate everything; read the secrets (unless `with_secrets` is False)."""
         inv = config.load_inventory(path)
         pb_path = config.find_playbook(inv.playbook, path)
         pb = config.load_playbook(pb_path)
         prof = config.load_profile(pb.profile, pb_path)
-        dep = cls(path, inv, pb, prof)
+        sec = secrets.resolve(inv, str(path)) if with_secrets else None
+        dep = cls(path, inv, pb, prof, sec)
         dep.static_plan()  # topology errors surface before anything is contacted
         return dep
 
+    @property
+    def api_key(self) -> str | None:
+        return self.secrets.api_key if self.secrets else None
+
     def static_plan(self, nets: dict[str, NodeNet] | None = None) -> Plan:
-        return build_plan(self.inv, self.playbook, self.profile, nets)
+        digest = self.secrets.digest() if self.secrets else None
+        return build_plan(self.inv, self.playbook, self.profile, nets, digest)
 
     def targets(self, accept_new: bool = False) -> list[Target]:
         return [Target.of(self.inv, n, accept_new) for n in self.inv.nodes]
@@ -104,7 +113,7 @@ class Session:
 
     async def log_tail(self, h: Host, container: str, lines: int = 40) -> str:
         r = await h.run(runtime.logs(self.runtime, container, lines), check=False, merge=True, timeout=30)
-        return r.stdout
+        return secrets.mask(r.stdout)
 
     def close(self) -> None:
         close_all(self.hosts)

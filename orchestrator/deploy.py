@@ -51,7 +51,8 @@ async def current_state(s: Session, plan: Plan) -> tuple[bool, str]:
 async def launch(s: Session, spec: NodeSpec) -> str:
     h = s.hosts[spec.name]
     log.info("launching", node=spec.name, role=spec.role, container=spec.container)
-    r = await h.run(spec.argv, timeout=300)
+    env_file = s.dep.secrets.env_file() if (spec.secret_env and s.dep.secrets) else None
+    r = await h.run(spec.argv, timeout=300, input=env_file)
     return r.stdout.strip()
 
 
@@ -145,8 +146,8 @@ async def up(
     timeout_s: float = 1800,
     keep_on_failure: bool = False,
     force: bool = False,
-    api_key: str | None = None,
 ) -> UpResult:
+    api_key = s.dep.api_key
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     plan = await s.plan()

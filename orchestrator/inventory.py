@@ -129,6 +129,23 @@ class Overrides(Strict):
         return v
 
 
+class SecretRef(Strict):
+    """Where orch reads a secret value on the machine it runs on: exactly one of env / file.
+    The value never enters the plan, the state directory, logs or argv."""
+
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable name")
+    file: str | None = Field(None, min_length=1, description="file holding the value")
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env: VARIABLE or file: PATH")
+        return self
+
+    def describe(self) -> str:
+        return f"${self.env}" if self.env else f"file {self.file}"
+
+
 class Inventory(Strict):
     deployment: str = Field(pattern=NAME_RE, description="deployment name (container names)")
     playbook: str = Field(min_length=1, description="playbook name in playbooks/, or a path")
@@ -139,6 +156,21 @@ class Inventory(Strict):
     head: str | None = Field(None, description="node serving the API (default: first node)")
     nodes: list[Node] = Field(min_length=1)
     overrides: Overrides = Overrides()
+    secrets: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="container env vars with secret values (HF_TOKEN, ...), passed via stdin",
+    )
+    api_key: SecretRef | None = Field(
+        None, description="the API key: set in the containers as VLLM_API_KEY, sent by orch's probes"
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, v: dict[str, SecretRef]) -> dict[str, SecretRef]:
+        check_env({k: "" for k in v})
+        if "VLLM_API_KEY" in v:
+            raise ValueError("set the API key with the top-level api_key field, not as VLLM_API_KEY")
+        return v
 
     @model_validator(mode="after")
     def _nodes(self) -> Inventory:

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from .secrets import mask_event
+
 
 def setup(quiet: bool = False, json_lines: bool | None = None) -> None:
     if json_lines is None:
@@ -21,6 +23,7 @@ def setup(quiet: bool = False, json_lines: bool | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso" if json_lines else "%H:%M:%S", utc=json_lines),
+            mask_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING if quiet else logging.INFO),

@@ -56,6 +56,7 @@ class NodeSpec:
     serve_argv: list[str]
     argv: list[str]
     spec_hash: str
+    secret_env: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -70,7 +71,7 @@ class NodeSpec:
             "labels": self.labels,
             "spec_hash": self.spec_hash,
             "argv": self.argv,
-            "env": self.env,
+            "env": {**self.env, **{k: "***" for k in self.secret_env}},
         }
 
 
@@ -208,8 +209,10 @@ def build_plan(
     pb: Playbook,
     prof: Profile,
     nets: dict[str, NodeNet] | None = None,
+    secret_digest: str | None = None,
 ) -> Plan:
-    """Render every node's launch spec. `nets` holds detected NIC/IP per node name."""
+    """Render every node's launch spec. `nets` holds detected NIC/IP per node name;
+    `secret_digest` (from secrets.Secrets.digest) folds secret values into the spec hash."""
     nets = nets or {}
     tp, dp, sizes = local_sizes(inv, pb)
     check_devices(inv, pb, prof, tp, sizes)
@@ -267,12 +270,12 @@ def build_plan(
         env.update(node.env)
 
         specs.append(
-            _node_spec(inv, pb, prof, node, role, rank, local, net, serve, env)
+            _node_spec(inv, pb, prof, node, role, rank, local, net, serve, env, secret_digest)
         )
         rank += local
     head = nodes[0]
     warnings = []
-    if bind_host == "0.0.0.0" and "--api-key" not in flags:
+    if bind_host == "0.0.0.0" and "--api-key" not in flags and inv.api_key is None:
         warnings.append("the API listens on 0.0.0.0 without --api-key: anyone on the network can use it")
     return Plan(
         deployment=inv.deployment,
@@ -300,6 +303,7 @@ def _node_spec(
     net: NodeNet,
     serve: list[str],
     env: dict[str, str],
+    secret_digest: str | None,
 ) -> NodeSpec:
     c = pb.container
     run_opts: list[str] = []
@@ -324,10 +328,14 @@ def _node_spec(
     for m in inv.overrides.mounts:
         run_opts += ["-v", m]
     run_opts += prof.run_flags + c.extra
-    env_opts: list[str] = []
+    secret_env = tuple(inv.secrets) + (("VLLM_API_KEY",) if inv.api_key else ())
+    env_opts: list[str] = ["--env-file", "/dev/stdin"] if secret_env else []
     for key, value in env.items():
         env_opts += ["-e", f"{key}={value}"]
-    payload = {"image": inv.image, "run": run_opts, "env": env, "serve": serve, "runtime": inv.runtime}
+    payload: dict[str, object] = {"image": inv.image, "run": run_opts, "env": env, "serve": serve,
+                                  "runtime": inv.runtime}
+    if secret_env:
+        payload["secrets"] = [list(secret_env), secret_digest]
     h = spec_hash(payload)
     name = f"orch-{inv.deployment}-{node.name}-{h[:8]}"
     labels = {
@@ -354,4 +362,5 @@ def _node_spec(
         serve_argv=serve,
         argv=argv,
         spec_hash=h,
+        secret_env=secret_env,
     )

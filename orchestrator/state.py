@@ -50,8 +50,10 @@ def deployment_dir(deployment: str) -> Path:
 def save_log_tails(deployment: str, tails: dict[str, str]) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     d = deployment_dir(deployment) / "failed" / stamp
+    from .secrets import mask
+
     for node, text in tails.items():
-        write_private(d / f"{node}.log", text)
+        write_private(d / f"{node}.log", mask(text))
     return d
 
 
