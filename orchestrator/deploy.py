@@ -172,13 +172,22 @@ async def up(
         if names:
             log.info("removed old containers", node=node, containers=names)
     started: dict[str, str] = {}
+    launches: list[asyncio.Future[str]] = []
     try:
-        started[plan.head.name] = await launch(s, plan.head)
+        # A `run -d` is never cut in half: launches are shielded, and on interruption the
+        # cleanup waits for them first, so no container appears after the cleanup.
+        head = asyncio.ensure_future(launch(s, plan.head))
+        launches.append(head)
+        started[plan.head.name] = await asyncio.shield(head)
         rest = plan.nodes[1:]
-        ids = await asyncio.gather(*(launch(s, n) for n in rest))
+        launches += [asyncio.ensure_future(launch(s, n)) for n in rest]
+        ids = await asyncio.shield(asyncio.gather(*launches[1:]))
         started.update({n.name: i for n, i in zip(rest, ids)})
         answer = await wait_ready(s, plan, deadline, api_key)
     except BaseException as exc:
+        pending = [t for t in launches if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=120)
         await asyncio.shield(_fail_cleanup(s, plan, keep_on_failure, exc))
         raise
     log.info("serving", url=plan.api_url, model=plan.served_name, seconds=round(time.monotonic() - t0, 1))
