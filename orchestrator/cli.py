@@ -22,7 +22,10 @@ from typing import Optional, TypeVar
 import typer
 
 from . import config, state
+from . import bench as bench_mod
 from . import logs as logs_mod
+from .probe import Api
+from .smoke import run_smoke
 from .cluster import Deployment, open_session
 from .deploy import down as do_down
 from .deploy import up as do_up
@@ -230,6 +233,80 @@ def logs(
         finally:
             s.close()
         return EXIT_OK
+
+    raise typer.Exit(run_async(go))
+
+
+@app.command()
+def smoke(
+    inventory: Optional[Path] = OptInventoryArg,
+    vision: Optional[bool] = typer.Option(None, help="also send an image (default: when the model is a VL model)"),
+    max_tokens: int = typer.Option(32, help="tokens per answer"),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Functional check through the API: a completion, a chat, and for vision-language models a
+    chat with an image (made locally, sent as a data URL). Shows the answers."""
+    setup(quiet=True)
+    dep = Deployment.load(resolve_inventory(inventory))
+
+    async def go() -> int:
+        s = await open_session(dep)
+        try:
+            p = await s.plan()
+        finally:
+            s.close()
+        async with Api(p.api_url, dep.api_key, timeout=60) as api:
+            results = await run_smoke(api, p.served_name, p.model, vision, max_tokens)
+        if json_out:
+            print(json.dumps([r.__dict__ for r in results], indent=2))
+        else:
+            for r in results:
+                mark = "[green]ok[/]  " if r.ok else "[red]FAIL[/]"
+                console.print(f"{mark} {r.check:<11} {r.seconds:5.2f}s  "
+                              f"{(repr(r.answer) if r.ok else r.error)[:300]}")
+        return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+    raise typer.Exit(run_async(go))
+
+
+@app.command()
+def bench(
+    inventory: Optional[Path] = OptInventoryArg,
+    preset: str = typer.Option("seed-random-200", help="seed-random-200 | seed-perf-3584 | lab-tiny"),
+    num_prompts: Optional[int] = typer.Option(None, help="override the preset's prompt count"),
+    timeout: float = typer.Option(3600, help="deadline for the benchmark in seconds"),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run `vllm bench serve` inside the head's container; keep the result JSON in the state
+    directory; print TTFT / TPOT / throughput next to the seed's reference figures."""
+    setup(quiet=True)
+    dep = Deployment.load(resolve_inventory(inventory))
+
+    async def go() -> int:
+        s = await open_session(dep)
+        try:
+            p = await s.plan()
+            result, path = await bench_mod.run_in_head(s, p, preset, num_prompts, timeout)
+        finally:
+            s.close()
+        figs = bench_mod.figures(result)
+        ref = bench_mod.references(p.playbook, preset)
+        if json_out:
+            print(json.dumps({"preset": preset, "result_file": str(path), "figures": figs, "reference": ref}, indent=2))
+        else:
+            from rich.table import Table
+
+            t = Table(title=f"vllm bench serve, preset {preset}", title_justify="left")
+            t.add_column("figure")
+            t.add_column("measured", justify="right")
+            t.add_column("seed reference", justify="right")
+            t.add_column("ratio", justify="right")
+            for k, v in figs.items():
+                rv = (ref or {}).get(k)
+                t.add_row(k, f"{v:.2f}", f"{rv:.2f}" if rv else "-", f"{v / rv:.2f}" if rv else "-")
+            console.print(t)
+            console.print(f"result: {path}")
+        return EXIT_OK if result.get("failed", 0) == 0 else EXIT_FAILED
 
     raise typer.Exit(run_async(go))
 
