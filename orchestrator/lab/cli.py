@@ -1,0 +1,102 @@
+"""`orch lab up|down|status` (mounted by the main CLI; also `python -m orchestrator.lab.cli`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import Lab, LabError
+from .fakes import parse_fault
+
+lab_app = typer.Typer(help="A real multi-host cluster on this machine (namespaces + sshd + "
+                           "containers) for demos and integration tests. Root only.",
+                      no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[red]orch lab: {e}[/red]")
+    raise typer.Exit(1)
+
+
+@lab_app.command()
+def up(
+    hosts: Annotated[int, typer.Option("--hosts", "-n", help="number of hosts")] = 3,
+    runtime: Annotated[str, typer.Option(help="podman or docker")] = "podman",
+    fault: Annotated[list[str] | None, typer.Option(
+        help="fake NPU fault, HOST:KEY=VALUE, e.g. h1:link_down=3 (repeatable)")] = None,
+    replace: Annotated[bool, typer.Option(help="replace a lab up with other parameters")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Create the lab (idempotent: reuses a healthy lab and all caches)."""
+    try:
+        faults: dict[str, dict[str, Any]] = {}
+        for spec in fault or []:
+            name, f = parse_fault(spec)
+            faults.setdefault(name, {}).update(f)
+        lab = Lab().up(hosts=hosts, runtime=runtime, faults=faults, replace=replace,
+                       quiet=quiet)
+    except (LabError, ValueError) as e:
+        _fail(e)
+        return
+    _print_status(lab.status())
+    console.print(f"inventory: {lab.inventory_path}\n"
+                  f"ssh: ssh -i {lab.ssh_key} -o UserKnownHostsFile={lab.known_hosts} "
+                  f"-o StrictHostKeyChecking=yes root@{lab.hosts[0].ip}")
+
+
+@lab_app.command()
+def down(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+    """Remove everything the lab created (keeps image, venv and model caches)."""
+    try:
+        problems = Lab().down(quiet=quiet)
+    except LabError as e:
+        _fail(e)
+        return
+    if problems:
+        raise typer.Exit(1)
+
+
+@lab_app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show what the lab has now (exit 1 if it is not up and healthy)."""
+    st = Lab().status()
+    if as_json:
+        print(json.dumps(st, indent=2))
+    else:
+        _print_status(st)
+    if not st.get("healthy"):
+        raise typer.Exit(1)
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    if not st.get("hosts") and not st.get("up"):
+        console.print("no lab (run `orch lab up`)")
+        return
+    t = Table(title=f"orch lab: {st.get('status')} on {st.get('runtime')}, "
+                    f"bridge {'ok' if st.get('bridge') else 'MISSING'}, "
+                    f"FORWARD rule {'ok' if st.get('forward_rule') else 'MISSING'}")
+    cols = ["name", "ip", "nic", "nic_ok", "netns", "netns_ok", "sshd_pid", "sshd", "ssh_port"]
+    if st.get("runtime") == "docker":
+        cols.append("pause")
+    for c in cols:
+        t.add_column(c)
+    for h in st["hosts"]:
+        t.add_row(*[_cell(h.get(c)) for c in cols])
+    console.print(t)
+
+
+def _cell(v: object) -> str:
+    if v is True:
+        return "[green]ok[/green]"
+    if v is False:
+        return "[red]no[/red]"
+    return "" if v is None else str(v)
+
+
+if __name__ == "__main__":
+    lab_app()
