@@ -43,6 +43,9 @@ def ensure_dockerd(state: LabState, progress: Progress) -> None:
         return
     if not os.access("/usr/sbin/dockerd", os.X_OK):
         raise LabError("dockerd is not installed (run scripts/install-lab-deps.sh)")
+    # dockerd sets the FORWARD policy to DROP and leaves it so; restore it when we stop it
+    policy = run(["iptables", "-S", "FORWARD"]).stdout.splitlines()[0].split()
+    state.forward_policy = policy[2] if policy[:2] == ["-P", "FORWARD"] else None
     log = lab_dir() / "dockerd.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
@@ -66,6 +69,8 @@ def stop_dockerd(state: LabState) -> list[str]:
         return []
     ok = stop_pid(state.dockerd_pid, expect_in_cmdline="dockerd", timeout=30)
     pid, state.dockerd_pid = state.dockerd_pid, None
+    if ok and state.forward_policy:
+        run(["iptables", "-P", "FORWARD", state.forward_policy], check=False)
     return [] if ok else [f"dockerd {pid} did not exit"]
 
 
@@ -162,7 +167,9 @@ def lab_containers(state: LabState) -> list[tuple[str, str]]:
 def remove_containers(containers: list[tuple[str, str]]) -> list[str]:
     problems = []
     for client, cid in containers:
-        cp = run([client, "rm", "-f", cid], check=False, timeout=120)
+        # podman's rm -f waits the stop timeout (10 s) first; docker's kills at once
+        extra = ["-t", "0"] if client == "podman" else []
+        cp = run([client, "rm", "-f", *extra, cid], check=False, timeout=120)
         if cp.returncode != 0:
             problems.append(f"{client} rm -f {cid[:12]}: {cp.stderr.strip()}")
     return problems

@@ -48,6 +48,7 @@ class LabState:
     forward_rule: list[str] | None = None  # iptables rule inserted (delete with -D)
     dockerd_pid: int | None = None    # only when the lab started dockerd
     dockerd_log: str | None = None
+    forward_policy: str | None = None  # FORWARD policy before the lab's dockerd (restored)
     timings: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
