@@ -102,6 +102,13 @@ class Lab:
             raise LabError(f"--hosts must be 1..{MAX_HOSTS}")
         if missing := missing_deps(runtime):
             raise LabError(f"missing: {', '.join(missing)}; run scripts/install-lab-deps.sh")
+        for name, f in (faults or {}).items():  # invalid faults fail before anything is made
+            if name not in {f"h{i}" for i in range(hosts)}:
+                raise LabError(f"fault for {name!r}: no such host (h0..h{hosts - 1})")
+            try:
+                fakes.render_fake_tools(f)
+            except ValueError as e:
+                raise LabError(f"fault for {name}: {e}") from e
         progress = Progress(quiet=quiet)
         old = LabState.load()
         if old is not None:
@@ -109,6 +116,9 @@ class Lab:
             if old.status == "up" and same and self._healthy(old):
                 self.state = old
                 progress.say(f"lab already up: {hosts} hosts, {runtime}")
+                for h in old.hosts:  # `up` states the faults wanted: others are cleared
+                    if h.fault and h.name not in (faults or {}):
+                        self.set_fault(h, None)
                 self._apply_faults(faults)
                 return self
             if old.status == "up" and not same and not replace:
@@ -148,7 +158,7 @@ class Lab:
             Path(host.bin_dir).mkdir(parents=True, exist_ok=True)
             pause_pid = R.start_pause(state, host) if state.runtime == "docker" else None
             H.create_netns(state, host, pause_pid)
-            fakes.write_tools(host.bin_dir, None)
+            fakes.write_tools(host.bin_dir, None, host_index=i, all_indices=list(range(n)))
             if state.runtime == "docker":
                 R.write_docker_wrapper(host)
             H.write_sshd_config(host, state.runtime)
@@ -206,7 +216,8 @@ class Lab:
         }
         for h in st.hosts:
             row: dict[str, Any] = {"name": h.name, "ip": h.ip, "nic": h.nic, "netns": h.netns,
-                                   "sshd_pid": h.sshd_pid, **H.host_status(h)}
+                                   "sshd_pid": h.sshd_pid, "fault": h.fault,
+                                   **H.host_status(h)}
             if st.runtime == "docker":
                 row["pause"] = R.pause_running(h)
             out["hosts"].append(row)
@@ -241,9 +252,14 @@ class Lab:
                 f"root@{h.ip}", command]
 
     def set_fault(self, host: str | LabHost, fault: dict[str, Any] | None) -> None:
-        """Rewrite the host's npu-smi / hccn_tool for `fault` (None = healthy)."""
+        """Rewrite the host's npu-smi / hccn_tool for `fault`, e.g. {"link_down": 3}
+        (None = healthy); see orchestrator.hw.fakes for the faults."""
         h = host if isinstance(host, LabHost) else self.host(host)
-        fakes.write_tools(h.bin_dir, fault)
+        fakes.write_tools(h.bin_dir, fault, host_index=h.index,
+                          all_indices=[x.index for x in self.hosts])
+        h.fault = dict(fault) if fault else None
+        if self.state:
+            self.state.save()
 
     def _apply_faults(self, faults: dict[str, dict[str, Any]] | None) -> None:
         for name, fault in (faults or {}).items():

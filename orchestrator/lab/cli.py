@@ -80,22 +80,20 @@ def _print_status(st: dict[str, Any]) -> None:
     t = Table(title=f"orch lab: {st.get('status')} on {st.get('runtime')}, "
                     f"bridge {'ok' if st.get('bridge') else 'MISSING'}, "
                     f"FORWARD rule {'ok' if st.get('forward_rule') else 'MISSING'}")
-    cols = ["name", "ip", "nic", "nic_ok", "netns", "netns_ok", "sshd_pid", "sshd", "ssh_port"]
-    if st.get("runtime") == "docker":
-        cols.append("pause")
-    for c in cols:
+    docker = st.get("runtime") == "docker"
+    for c in ["host", "ip", "nic", "netns", "sshd pid", "ssh :22", *(["pause"] if docker else []),
+              "npu fault"]:
         t.add_column(c)
     for h in st["hosts"]:
-        t.add_row(*[_cell(h.get(c)) for c in cols])
+        t.add_row(h["name"], h["ip"], _ok(h["nic"], h["nic_ok"]), _ok(h["netns"], h["netns_ok"]),
+                  _ok(str(h["sshd_pid"]), h["sshd"]), _ok("ok", h["ssh_port"], "refused"),
+                  *([_ok("running", h.get("pause"), "gone")] if docker else []),
+                  ",".join(f"{k}={v}" for k, v in (h.get("fault") or {}).items()) or "-")
     console.print(t)
 
 
-def _cell(v: object) -> str:
-    if v is True:
-        return "[green]ok[/green]"
-    if v is False:
-        return "[red]no[/red]"
-    return "" if v is None else str(v)
+def _ok(text: str, ok: object, bad: str | None = None) -> str:
+    return f"[green]{text}[/green]" if ok else f"[red]{bad or text + ' (missing)'}[/red]"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class LabHost:
     sshd_pid: int | None = None
     pause_container: str | None = None  # docker runtime only: owner of the namespace
     netns_created: bool = False         # `ip netns add` or `ip netns attach` done
+    fault: dict[str, int] | None = None  # fake NPU fault now rendered (None = healthy)
 
     @property
     def sshd_config(self) -> Path:
