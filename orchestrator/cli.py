@@ -32,7 +32,7 @@ from .deploy import up as do_up
 from .errors import InputError, OrchError
 from .log import log, setup
 from .secrets import mask
-from .render import console, print_plan, print_status
+from .render import console, print_plan, print_status, status_table
 from .status import status as do_status
 
 T = TypeVar("T")
@@ -150,19 +150,36 @@ def up(
 
 
 @app.command()
-def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt,
-           accept_new_host_keys: bool = AcceptOpt) -> None:
-    """Per node: container state, uptime, restarts, drift; the API's readiness. Exit 0 only when
-    every rank runs as planned and the API serves the model."""
+def status(
+    inventory: Optional[Path] = OptInventoryArg,
+    json_out: bool = JsonOpt,
+    requests: bool = typer.Option(True, help="prove every rank serves with a few tiny real requests"),
+    watch: Optional[float] = typer.Option(None, help="refresh every SECONDS until Ctrl-C"),
+    accept_new_host_keys: bool = AcceptOpt,
+) -> None:
+    """Per node: container state, uptime, restarts, drift (spec hash vs the inventory) and
+    per-rank metrics (running/waiting requests, KV cache, tokens); the API's readiness; and a
+    whole-group check (every DP rank must finish a real request). Exit 0 only when healthy."""
     setup(quiet=True)
     path = resolve_inventory(inventory)
     dep = Deployment.load(path)
 
+    async def once(s) -> object:  # type: ignore[no-untyped-def]
+        p = await s.plan(tolerant=True)
+        return await do_status(s, p, dep.api_key, probe=requests)
+
     async def go() -> int:
         s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         try:
-            p = await s.plan(tolerant=True)
-            st = await do_status(s, p, dep.api_key)
+            if watch:
+                from rich.live import Live
+
+                with Live(console=console, auto_refresh=False) as live:
+                    while True:
+                        st = await once(s)
+                        live.update(status_table(st), refresh=True)
+                        await asyncio.sleep(watch)
+            st = await once(s)
         finally:
             s.close()
         if json_out:
@@ -171,7 +188,12 @@ def status(inventory: Optional[Path] = OptInventoryArg, json_out: bool = JsonOpt
             print_status(st)
         return EXIT_OK if st.healthy else EXIT_FAILED
 
-    raise typer.Exit(run_async(go))
+    try:
+        raise typer.Exit(run_async(go))
+    except KeyboardInterrupt:
+        if not watch:
+            raise
+        raise typer.Exit(EXIT_OK) from None
 
 
 @app.command()

@@ -12,6 +12,7 @@ from .cluster import Session
 from .errors import DeployError, RankExited, RankFailure, ReadinessTimeout
 from .log import log
 from .plan import NodeSpec, Plan
+from .health import group_probe
 from .probe import Api, ProbeError
 from .remote import Host
 
@@ -156,14 +157,15 @@ async def up(
         same, why = await current_state(s, plan)
         if same:
             async with Api(plan.api_url, api_key) as api:
-                try:
-                    st = await api.state(plan.served_name)
-                    if st.ready:
-                        answer = await api.complete(plan.served_name, timeout=30)
-                        return UpResult(False, "healthy and unchanged", plan, time.monotonic() - t0, answer=answer)
+                st = await api.state(plan.served_name)
+                if st.ready:
+                    g = await group_probe(api, plan.served_name, plan.dp_size)
+                    if g.ok:
+                        return UpResult(False, f"healthy and unchanged ({g.reason})", plan,
+                                        time.monotonic() - t0)
+                    why = f"group unhealthy: {g.reason}"
+                else:
                     why = f"API not ready: {st.reason}"
-                except ProbeError as exc:
-                    why = f"API check failed: {exc.reason}"
         log.info("deploying", reason=why)
     else:
         why = "forced"

@@ -11,9 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from . import flags as vflags
+from .capacity import check_capacity
 from .errors import TopologyError
 from .inventory import Inventory, Node
-from .playbook import Playbook, Profile, Scalar
+from .playbook import FlagValue, Playbook, Profile
 
 LABEL_DEPLOYMENT = "orch.deployment"
 LABEL_NODE = "orch.node"
@@ -92,6 +94,10 @@ class Plan:
     @property
     def head(self) -> NodeSpec:
         return self.nodes[0]
+
+    @property
+    def dp_size(self) -> int:
+        return sum(n.dp_local for n in self.nodes)
 
     @property
     def api_url(self) -> str:
@@ -179,7 +185,7 @@ def spec_hash(payload: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def render_flags(flags: dict[str, Scalar]) -> list[str]:
+def render_flags(flags: dict[str, FlagValue]) -> list[str]:
     out: list[str] = []
     for flag, value in flags.items():
         if value is False:
@@ -187,12 +193,17 @@ def render_flags(flags: dict[str, Scalar]) -> list[str]:
         out.append(flag)
         if value is None or value is True:
             continue
-        out.append(str(value))
+        if isinstance(value, (dict, list)):
+            out.append(json.dumps(value, separators=(",", ":")))
+        else:
+            out.append(str(value))
     return out
 
 
-def merged_serve_flags(inv: Inventory, pb: Playbook) -> dict[str, Scalar]:
-    flags: dict[str, Scalar] = dict(pb.serve)
+def merged_serve_flags(inv: Inventory, pb: Playbook) -> dict[str, FlagValue]:
+    """The playbook's flags, the inventory's overrides on top, then the version-specific
+    rendering of structured fields (rope_scaling)."""
+    flags: dict[str, FlagValue] = dict(pb.serve)
     for flag, value in inv.overrides.args.items():
         flags[flag] = value
     bad = sorted(f for f in flags if f in DERIVED_FLAGS)
@@ -201,6 +212,18 @@ def merged_serve_flags(inv: Inventory, pb: Playbook) -> dict[str, Scalar]:
             f"{', '.join(bad)}: derived by orch from the topology; set them with the "
             "playbook's parallel/ports or the inventory's overrides instead"
         )
+    if pb.rope_scaling:
+        for flag, value in vflags.rope_flags(pb.rope_scaling, pb.vllm_version).items():
+            have = flags.get(flag)
+            if flag == "--hf-overrides" and isinstance(have, (dict, str)):
+                base = have if isinstance(have, dict) else json.loads(have)
+                flags[flag] = {**base, **json.loads(value)}
+            elif flag in flags and have is not False:
+                raise TopologyError(
+                    f"{flag} is set both by the playbook's rope_scaling and as a flag; keep one"
+                )
+            else:
+                flags[flag] = value
     return flags
 
 
@@ -220,6 +243,7 @@ def build_plan(
     rpc_port = inv.overrides.rpc_port or pb.ports.rpc
     check_ports(api_port, rpc_port)
     flags = merged_serve_flags(inv, pb)
+    capacity_warnings = check_capacity(pb, prof, flags, [tp * s for s in sizes], dp)
     served = inv.model.served_name or inv.model.path
     nodes = ordered_nodes(inv)
     unresolved: list[str] = []
@@ -260,6 +284,7 @@ def build_plan(
         if pb.parallel.expert:
             serve.append("--enable-expert-parallel")
         serve += render_flags(flags)
+        vflags.check_flags(serve, pb.vllm_version, f"playbook {pb.name!r}")
 
         env: dict[str, str] = {}
         env.update(prof.env)
@@ -270,13 +295,16 @@ def build_plan(
         env.update(node.env)
 
         specs.append(
-            _node_spec(inv, pb, prof, node, role, rank, local, net, serve, env, secret_digest)
+            _node_spec(inv, pb, prof, node, role, rank, local, net, serve, env, secret_digest,
+                       tp * local, api_port)
         )
         rank += local
     head = nodes[0]
     warnings = []
     if bind_host == "0.0.0.0" and "--api-key" not in flags and inv.api_key is None:
         warnings.append("the API listens on 0.0.0.0 without --api-key: anyone on the network can use it")
+    warnings += capacity_warnings
+    warnings += vflags.env_warnings(specs[0].env, pb.vllm_version)
     return Plan(
         deployment=inv.deployment,
         playbook=pb.name,
@@ -304,6 +332,8 @@ def _node_spec(
     serve: list[str],
     env: dict[str, str],
     secret_digest: str | None,
+    used_devices: int,
+    api_port: int,
 ) -> NodeSpec:
     c = pb.container
     run_opts: list[str] = []
@@ -315,13 +345,19 @@ def _node_spec(
         run_opts.append(f"--shm-size={c.shm_size}")
     if c.ipc_host:
         run_opts.append("--ipc=host")
+    if not c.net_host:  # bridge network: publish the API port, or nothing reaches it
+        run_opts += ["-p", f"{api_port}:{api_port}"]
     ndev = node.devices if node.devices is not None else prof.devices
+    if c.devices == "used":
+        ndev = min(ndev, used_devices)
     for i in range(ndev):
         for tmpl in prof.device_paths:
             run_opts += ["--device", tmpl.format(i=i)]
     for dev in prof.shared_devices:
         run_opts += ["--device", dev]
     for m in prof.mounts:
+        run_opts += ["-v", m]
+    for m in c.mounts:
         run_opts += ["-v", m]
     if inv.model.path.startswith("/"):
         run_opts += ["-v", f"{inv.model.path}:{inv.model.path}:ro"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -10,7 +11,7 @@ from rich.table import Table
 from .plan import Plan
 from .status import Status
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def command_lines(argv: list[str]) -> str:
@@ -54,17 +55,35 @@ def _age(s: int | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def print_status(st: Status) -> None:
+def _sum(n: object, key: str) -> float | None:
+    vals = [m[key] for m in getattr(n, "metrics").values() if key in m]
+    return sum(vals) if vals else None
+
+
+def status_table(st: Status) -> Table:
     t = Table(title=f"deployment {st.deployment}", title_justify="left")
-    for col in ("node", "role", "container", "state", "up", "restarts", "spec", "drift"):
+    for col in ("node", "role", "ranks", "container", "state", "up", "restarts", "spec", "drift",
+                "run/wait", "kv cache", "tokens out"):
         t.add_column(col)
     for n in st.nodes:
         state = n.state if not n.error else f"{n.state}: {n.error[:60]}"
         color = "green" if n.healthy else "red"
-        t.add_row(n.name, n.role, n.container or "-", f"[{color}]{state}[/]", _age(n.uptime_s),
-                  str(n.restarts), n.spec_hash or "-", "[red]yes[/]" if n.drift else "no")
-    console.print(t)
+        run, wait = _sum(n, "running"), _sum(n, "waiting")
+        kv = [m["kv_cache"] for m in n.metrics.values() if "kv_cache" in m]
+        gen = _sum(n, "gen_tokens")
+        t.add_row(
+            n.name, n.role, ",".join(map(str, n.ranks)), n.container or "-", f"[{color}]{state}[/]",
+            _age(n.uptime_s), str(n.restarts), (n.spec_hash or "-")[:8], "[red]yes[/]" if n.drift else "no",
+            f"{run:.0f}/{wait:.0f}" if run is not None and wait is not None else "-",
+            f"{max(kv) * 100:.1f}%" if kv else "-", f"{gen:.0f}" if gen is not None else "-")
+    return t
+
+
+def print_status(st: Status) -> None:
+    console.print(status_table(st))
     api = "[green]ready[/]" if st.api_ready else f"[red]not ready[/] ({st.api_reason})"
     console.print(f"API {st.api_url}: {api}; model {st.served_model!r}; vLLM {st.version or '?'}")
+    if st.group_ok is not None:
+        console.print(f"ranks: {'[green]' if st.group_ok else '[red]'}{st.group_reason}[/]")
     verdict = "[green]healthy[/]" if st.healthy else "[red]unhealthy[/]"
     console.print(f"deployment: {verdict}" + (" [yellow](drift: the inventory changed)[/]" if st.drift else ""))

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 from .cluster import Session
 from .plan import Plan
-from .probe import Api
+from .health import group_probe, parse_metrics
+from .probe import Api, ProbeError
 from .runtime import Container
 
 
@@ -25,6 +26,8 @@ class NodeStatus:
     drift: bool = False
     extra_containers: int = 0
     error: str | None = None
+    ranks: list[int] = field(default_factory=list)
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # engine -> figures
 
     @property
     def healthy(self) -> bool:
@@ -41,10 +44,12 @@ class Status:
     models: list[str]
     version: str | None
     nodes: list[NodeStatus] = field(default_factory=list)
+    group_ok: bool | None = None  # None: not probed
+    group_reason: str = "not probed"
 
     @property
     def healthy(self) -> bool:
-        return self.api_ready and all(n.healthy for n in self.nodes)
+        return self.api_ready and all(n.healthy for n in self.nodes) and self.group_ok is not False
 
     @property
     def drift(self) -> bool:
@@ -76,7 +81,9 @@ def node_status(name: str, role: str, expected: str, cs: list[Container], now: d
     return ns
 
 
-async def status(s: Session, plan: Plan, api_key: str | None = None) -> Status:
+async def status(s: Session, plan: Plan, api_key: str | None = None, probe: bool = True) -> Status:
+    """Container state per node, the API's readiness, per-rank metrics and (with `probe`) a
+    whole-group check with real requests."""
     now = datetime.now(timezone.utc)
     found = await s.each(s.containers)
     nodes = []
@@ -92,7 +99,20 @@ async def status(s: Session, plan: Plan, api_key: str | None = None) -> Status:
                                     expected_hash=spec.spec_hash))
         else:
             nodes.append(node_status(spec.name, spec.role, spec.spec_hash, r, now))
+    for n, spec in zip(nodes, plan.nodes):
+        n.ranks = list(range(spec.rank_start, spec.rank_start + spec.dp_local))
     async with Api(plan.api_url, api_key, timeout=5) as api:
         st = await api.state(plan.served_name)
-    return Status(plan.deployment, plan.api_url, plan.served_name, st.ready, st.reason, st.models,
-                  st.version, nodes)
+        out = Status(plan.deployment, plan.api_url, plan.served_name, st.ready, st.reason, st.models,
+                     st.version, nodes)
+        if st.ready:
+            if probe and all(n.state == "running" for n in nodes):
+                g = await group_probe(api, plan.served_name, plan.dp_size)
+                out.group_ok, out.group_reason = g.ok, g.reason
+            try:
+                per_engine = parse_metrics(await api.metrics())
+            except ProbeError:
+                per_engine = {}
+            for n in nodes:
+                n.metrics = {r: per_engine[r] for r in n.ranks if r in per_engine}
+    return out
