@@ -177,7 +177,8 @@ class Lab:
         (rootfs/venv, images, model) and the client key. Returns problems (empty = clean)."""
         require_root()
         progress = Progress(quiet=quiet)
-        state = self.state or LabState.load()
+        state = LabState.load() or self.state  # lab.json is the truth (another Lab object
+        # may have rebuilt the lab since this one was loaded)
         if state is None:
             progress.say("no lab recorded; nothing to do")
             return []

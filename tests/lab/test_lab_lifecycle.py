@@ -51,12 +51,17 @@ def require_lab_deps(runtime: str) -> None:
                     "(run scripts/install-lab-deps.sh)")
 
 
-def take_down_any_lab() -> None:
-    """Another test's lab may still be up (session fixtures): this test starts from none."""
+def take_down_any_lab() -> tuple[int, str] | None:
+    """Another test's lab may still be up (a session fixture): this test starts from none,
+    and gives back (hosts, runtime) of the lab it removed so that it can restore it."""
     from orchestrator.lab import Lab
 
-    if Lab().state is not None:
-        assert Lab().down(quiet=True) == [], "could not remove the lab left by another test"
+    lab = Lab()
+    if lab.state is None:
+        return None
+    was = (lab.state.n_hosts, lab.state.runtime) if lab.is_up else None
+    assert lab.down(quiet=True) == [], "could not remove the lab left by another test"
+    return was
 
 
 @pytest.mark.parametrize("runtime", ["podman", "docker"])
@@ -66,7 +71,7 @@ def test_up_then_down_leaves_nothing(runtime: str) -> None:
     from orchestrator.lab._util import pid_alive
     from orchestrator.lab.state import BRIDGE, LabState
 
-    take_down_any_lab()
+    previous = take_down_any_lab()
     policy_before = forward_rules()[0]
     assert not [n for n in netns_names() if n.startswith("orchlab-")]
 
@@ -149,6 +154,9 @@ def test_up_then_down_leaves_nothing(runtime: str) -> None:
 
     r = lab_cli("down", timeout=DOWN_TIMEOUT)  # idempotent
     assert r.returncode == 0 and "nothing to do" in r.stderr, r.stderr
+
+    if previous:  # put back the lab another test's fixture had up
+        Lab().up(hosts=previous[0], runtime=previous[1], quiet=True)
 
 
 def test_lab_needs_root() -> None:
