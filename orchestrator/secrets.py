@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .errors import InventoryError
@@ -43,7 +44,7 @@ def _read(name: str, ref: SecretRef, where: str) -> str:
     else:
         path = os.path.expanduser(ref.file or "")
         try:
-            value = open(path).read().strip()
+            value = Path(path).read_text().strip()
         except OSError as exc:
             raise InventoryError(f"{where}: {name} comes from {ref.file}: {exc.strerror}") from exc
     if not value or "\n" in value or "\r" in value:
