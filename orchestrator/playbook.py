@@ -8,13 +8,16 @@ mounts, and which environment variables carry the node's own NIC and IP.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from .inventory import EnvDict, Strict
 
 Scalar = str | int | float | bool | None
+# A serve flag's value: a scalar, or a mapping/list rendered as compact JSON (--compilation-config).
+FlagValue = Scalar | dict[str, Any] | list[Any]
 
 
 class ContainerOptions(Strict):
@@ -22,6 +25,14 @@ class ContainerOptions(Strict):
     privileged: bool = Field(False, description="--privileged=true")
     shm_size: str | None = Field(None, description="--shm-size=VALUE, e.g. 500g")
     ipc_host: bool = Field(False, description="--ipc=host")
+    devices: Literal["all", "used"] = Field(
+        "all",
+        description="accelerator device nodes passed in: all of the node's, or only the first "
+        "TP x local DP ones the ranks use (single-NPU / TP2 recipes)",
+    )
+    mounts: list[str] = Field(
+        default_factory=list, description="bind mounts of the recipe, host:container[:ro]"
+    )
     extra: list[str] = Field(default_factory=list, description="more run flags, verbatim")
 
 
@@ -42,6 +53,9 @@ class Profile(Strict):
         default_factory=dict, description="env templates with {nic} and {ip} of the node"
     )
     env: EnvDict = Field(default_factory=dict)
+    device_memory_gb: float | None = Field(
+        None, gt=0, description="memory per accelerator in GB (capacity check; none: skipped)"
+    )
 
 
 class Parallel(Strict):
@@ -58,6 +72,19 @@ class Ports(Strict):
     rpc: int = Field(29550, ge=1, le=65535, description="--data-parallel-rpc-port")
 
 
+class ModelMemory(Strict):
+    """What the recipe's model needs in accelerator memory (see orchestrator/capacity.py)."""
+
+    weights_gb: float = Field(gt=0, description="size of the checkpoint's weights in GB")
+    kv_bytes_per_token: int = Field(
+        0, ge=0, description="KV cache bytes per token, all layers (layers x KV heads x head "
+        "dim x 2 x dtype bytes); 0: not counted",
+    )
+    native_max_model_len: int | None = Field(
+        None, ge=1, description="the model's own context length, used when no --max-model-len"
+    )
+
+
 class Playbook(Strict):
     name: str
     description: str = ""
@@ -69,18 +96,39 @@ class Playbook(Strict):
     ports: Ports = Ports()
     host: str = Field("0.0.0.0", description="--host the API binds to")
     api_server_count: int | None = Field(None, ge=1, description="head only")
-    serve: dict[str, Scalar] = Field(
+    serve: dict[str, FlagValue] = Field(
         default_factory=dict,
-        description="further vllm serve flags in order; null/true = bare flag",
+        description="further vllm serve flags in order; null/true = bare flag, "
+        "a mapping or list = compact JSON",
     )
+    rope_scaling: dict[str, Scalar] | None = Field(
+        None,
+        description="RoPE scaling (rope_type, factor, original_max_position_embeddings, "
+        "rope_theta, ...), rendered in the form vllm_version takes (orchestrator/flags.py)",
+    )
+    model_memory: ModelMemory | None = Field(None, description="for the capacity check")
     env: EnvDict = Field(default_factory=dict)
     container: ContainerOptions = ContainerOptions()
     min_nodes: int = Field(1, ge=1)
     max_nodes: int | None = Field(None, ge=1)
 
+    @field_validator("vllm_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.match(r"^v?\d+(\.\d+){0,2}", v):
+            raise ValueError("must be a vLLM version like 0.11.0 (a suffix like rc2 is allowed)")
+        return v
+
+    @field_validator("rope_scaling")
+    @classmethod
+    def _rope(cls, v: dict[str, Scalar] | None) -> dict[str, Scalar] | None:
+        if v is not None and "rope_type" not in v:
+            raise ValueError("needs rope_type (e.g. yarn)")
+        return v
+
     @field_validator("serve")
     @classmethod
-    def _serve(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
+    def _serve(cls, v: dict[str, FlagValue]) -> dict[str, FlagValue]:
         for flag in v:
             if not flag.startswith("--"):
                 raise ValueError(f"{flag!r}: flags are written in long form, like --seed")
