@@ -131,8 +131,6 @@ def lab_containers(state: LabState) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if state.runtime == "podman":
         inodes = {i for h in state.hosts if (i := netns_inode(h.netns)) is not None}
-        if not inodes:
-            return []
         cp = run(["podman", "ps", "-q", "--no-trunc"], check=False, timeout=60)
         for cid in cp.stdout.split():
             pid = run(["podman", "inspect", "-f", "{{.State.Pid}}", cid], check=False).stdout
@@ -142,6 +140,10 @@ def lab_containers(state: LabState) -> list[tuple[str, str]]:
                 continue
             if ino in inodes:
                 found.append(("podman", cid))
+        # stopped containers have no namespace left: the lab image marks them as the lab's
+        cp = run(["podman", "ps", "-aq", "--no-trunc", "--filter", f"ancestor={IMAGE_TAG}"],
+                 check=False, timeout=60)
+        found += [("podman", cid) for cid in cp.stdout.split() if ("podman", cid) not in found]
         return found
     if state.runtime == "docker" and docker_up():
         pauses = [h.pause_container for h in state.hosts if h.pause_container]
