@@ -1,0 +1,52 @@
+"""Every playbook in playbooks/ loads, names itself after its file, says its hardware in its
+name, and plans on an inventory of as many nodes as it asks for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import config
+from orchestrator.inventory import Inventory
+from orchestrator.pd import PDPlaybook
+from orchestrator.plan import build_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAYBOOKS = sorted(p for p in (ROOT / "playbooks").glob("*.yaml") if p.stem != "references")
+HARDWARE = re.compile(r"-(a2|a3|h100|h200|mi300x|cpu)-")
+
+
+def inventory(n: int) -> Inventory:
+    return Inventory.model_validate({
+        "deployment": "t", "playbook": "x", "image": "img", "model": {"path": "org/model"},
+        "nodes": [{"name": f"n{i}", "host": f"192.0.2.{10 + i}", "nic": "eth0", "ip": f"192.0.2.{10 + i}"}
+                  for i in range(n)],
+    })
+
+
+@pytest.mark.parametrize("path", PLAYBOOKS, ids=lambda p: p.stem)
+def test_playbook_loads_and_plans(path: Path) -> None:
+    pb = config.load_playbook(path)
+    prof = config.load_profile(pb.profile, path)
+    assert pb.name == path.stem
+    assert HARDWARE.search(f"-{pb.name}-"), "the name says the hardware"
+    assert pb.source and pb.description
+    n = max(pb.min_nodes, pb.parallel.data // (pb.parallel.data_local or pb.parallel.data))
+    plan = build_plan(inventory(n), pb, prof)
+    assert len(plan.nodes) == n
+    if prof.kind != "cpu":
+        assert pb.model_memory is not None and prof.device_memory_gb, "capacity is checked"
+
+
+def test_references_name_real_playbooks() -> None:
+    refs = yaml.safe_load((ROOT / "playbooks" / "references.yaml").read_text())
+    assert set(refs) <= {p.stem for p in PLAYBOOKS}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "playbooks" / "pd").glob("*.yaml")), ids=lambda p: p.stem)
+def test_pd_playbooks_load(path: Path) -> None:
+    pb = PDPlaybook.model_validate(yaml.safe_load(path.read_text()))
+    assert pb.name == path.stem
