@@ -1,0 +1,246 @@
+"""run_checks and clean_stale: the SSH side of the preflight.
+
+Two rounds, every node at once in each:
+    1. gather (+ the Ascend probe, on a second channel of the same connection)
+    2. cross: pings to the peers, the head's short test listeners and the peers' connects,
+       hccn_tool pings between NPUs
+All decisions are made by the pure functions of `verdicts.py` / `accel.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .. import netinfo
+from ..cluster import Session
+from ..errors import CommandError, ConnectError, TopologyError
+from ..hw.ascend import AscendProbe, ascend_probe_script, parse_ascend_probe
+from ..log import log
+from ..plan import NodeNet, Plan
+from . import scripts
+from .accel import ascend_checks, gpu_checks, hccn_ping_plan
+from .parse import CrossFacts, NodeFacts, image_id, parse_cross, parse_gather
+from .report import CHECKS, SKIPPED_REASON, CheckResult, Report, order, skipped
+from .verdicts import (
+    NodeCtx,
+    node_checks,
+    ping_checks,
+    ports_reachable_checks,
+    res,
+    runtime_ok,
+    same_checks,
+)
+
+ASCEND_CHECKS = tuple(c for c in CHECKS if c.startswith(("npu.", "hccn."))) + ("driver.same",)
+GPU_CHECKS = ("gpu.count", "gpu.busy", "gpu.driver", "driver.same")
+GATHER_TIMEOUT = 90
+PROBE_TIMEOUT = 180
+
+
+def applicable(kind: str, multi: bool, head: bool, model_is_path: bool) -> list[str]:
+    """The checks a reachable node gets (for --skip-checks rows)."""
+    out = [c for c in CHECKS[:14] if c not in ("net.ping", "ports.reachable", "ports.free",
+                                               "image.same", "model.same")]
+    if multi:
+        out += ["net.ping", "ports.reachable", "image.same"] + (["model.same"] if model_is_path
+                                                                else [])
+    if head:
+        out.append("ports.free")
+    if kind == "ascend":
+        out += [c for c in ASCEND_CHECKS if multi or c != "hccn.ping"]
+    elif kind in ("nvidia", "rocm"):
+        out += list(GPU_CHECKS)
+    return out + ["stale.containers", "stale.processes", "stale.shm"]
+
+
+def _user(h: Any) -> str:
+    if not getattr(h, "sudo", False):
+        return "root"
+    return getattr(getattr(h, "target", None), "user", None) or "a non-root user"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, (ConnectError, CommandError)):
+        return exc.message.splitlines()[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset()) -> Report:
+    t0 = time.monotonic()
+    dep = s.dep
+    kind = dep.profile.kind
+    names = [n.name for n in plan.nodes]
+    multi = len(names) > 1
+    inv_nodes = {n.name: n for n in dep.inv.nodes}
+    out: list[CheckResult] = []
+    for n, exc in s.unreachable.items():
+        out.append(res(n, "ssh.reachable", "fail", _why(exc),
+                       "check the node is up, the address/port/user/key in the inventory, and "
+                       "`ssh` to it by hand"))
+    want_probe = kind == "ascend" and not all(skipped(c, skip) for c in ASCEND_CHECKS)
+    gather = scripts.gather_script(kind)
+    gargs = scripts.gather_args(dep.inv.runtime, plan.image, plan.model)
+
+    async def round1(h: Any) -> tuple[Any, Any]:
+        jobs = [h.run(["sh", "-c", gather, "sh", *gargs], check=False, timeout=GATHER_TIMEOUT)]
+        if want_probe:
+            node = inv_nodes[h.name]
+            ndev = node.devices if node.devices is not None else dep.profile.devices
+            jobs.append(h.sh(ascend_probe_script(ndev), check=False, timeout=PROBE_TIMEOUT))
+        got = await asyncio.gather(*jobs, return_exceptions=True)
+        return got[0], (got[1] if want_probe else None)
+
+    facts: dict[str, NodeFacts] = {}
+    probes: dict[str, AscendProbe | None] = {}
+    probe_errors: dict[str, str] = {}
+    for n, r in (await s.each(round1, names)).items():
+        g, p = (r, None) if isinstance(r, BaseException) else r
+        h = s.hosts[n]
+        if isinstance(g, BaseException):
+            out.append(res(n, "ssh.reachable", "fail", f"{n}: {_why(g)}",
+                           "check the node and its SSH connection; rerun"))
+            continue
+        if "==== id ====" not in g.stdout:
+            err = (g.stderr or g.stdout).strip().splitlines()
+            out.append(res(n, "ssh.reachable", "pass", f"ssh to {h.target.host}"
+                           if hasattr(h, "target") else "connected"))
+            sudo = getattr(h, "sudo", False) and "sudo" in g.stderr
+            out.append(res(n, "ssh.root", "fail", f"{'sudo -n' if sudo else 'sh'} failed on {n}: "
+                           f"{(err or ['no output'])[-1][:200]}",
+                           "log in as root or give the user passwordless sudo "
+                           "(`sudo -n true` must work)"))
+            continue
+        out.append(res(n, "ssh.reachable", "pass", f"ssh to {h.target.host}"
+                       if hasattr(h, "target") else "connected"))
+        facts[n] = parse_gather(g.stdout)
+        if want_probe:
+            if isinstance(p, BaseException) or p is None:
+                probe_errors[n] = _why(p) if p is not None else "no result"
+            else:
+                probes[n] = parse_ascend_probe(p.stdout)
+
+    # nets resolved on the hosts; the plan re-rendered with them when it had placeholders
+    nets: dict[str, NodeNet] = {}
+    for n, f in facts.items():
+        if f.net is not None:
+            try:
+                nets[n] = netinfo.resolve(inv_nodes[n], f.net)
+            except TopologyError:
+                pass
+    eff = plan
+    if plan.unresolved:
+        try:
+            eff = dep.static_plan(nets)
+        except TopologyError:
+            eff = plan
+    specs = {sp.name: sp for sp in eff.nodes}
+    c = dep.playbook.container
+    rpc = dep.inv.overrides.rpc_port or dep.playbook.ports.rpc
+    test_ports = [("API", eff.api_port)] + ([("rpc", rpc)] if dep.playbook.topology == "dp" else [])
+    for n, f in facts.items():
+        ctx = NodeCtx(spec=specs[n], inv_node=inv_nodes[n], is_head=n == eff.head.name,
+                      runtime=dep.inv.runtime, deployment=eff.deployment, image=eff.image,
+                      model=eff.model, ports=tuple(test_ports), shm_size=c.shm_size,
+                      ipc_host=c.ipc_host)
+        rs, _ = node_checks(ctx, f, _user(s.hosts[n]))
+        out += rs
+
+    # cross-node values
+    ids = {n: i for n, f in facts.items() if runtime_ok(f) and (i := image_id(f.image))}
+    if multi:
+        out += same_checks("image.same", ids, "image ID",
+                           f"pull the same tag on every node ({plan.image}); a tag pulled at "
+                           "different times can be a different image: pin it by digest")
+        sizes = {n: str(f.model_bytes) for n, f in facts.items()
+                 if f.model == "ok" and f.model_bytes is not None}
+        out += same_checks(
+            "model.same", sizes, "model size",
+            f"copy the model again to the nodes that differ (`rsync -a --delete {plan.model}/ "
+            f"NODE:{plan.model}/`); a partial copy fails at load time",
+            show=lambda v: f"{v} bytes")
+
+    # round 2
+    ips = {n: nets[n].ip for n in facts if n in nets}
+    head = eff.head.name
+    head_ip = ips.get(head)
+    busy = {ln.port for ln in (facts[head].listeners or [])} if head in facts else set()
+    do_ports = multi and head_ip is not None and not skipped("ports.reachable", skip)
+    do_ping = multi and not skipped("net.ping", skip)
+    hccn_plan = (hccn_ping_plan({n: p for n, p in probes.items() if p is not None})
+                 if want_probe and multi and not skipped("hccn.ping", skip) else {})
+    ops: dict[str, list[str]] = {}
+    for n in facts:
+        peers = [p for p in facts if p != n]
+        listen = ([(p, len(peers)) for _, p in test_ports if p not in busy]
+                  if do_ports and n == head else [])
+        connect = ([(head_ip, p) for _, p in test_ports if p not in busy]
+                   if do_ports and n != head and head_ip else [])
+        ping = [ips[p] for p in peers if p in ips] if do_ping else []
+        a = scripts.cross_args(ping, connect, listen, hccn_plan.get(n))  # type: ignore[arg-type]
+        if a:
+            ops[n] = a
+    cross: dict[str, CrossFacts] = {}
+    hccn_text: dict[str, str] = {}
+    if ops:
+        cscript = scripts.cross_script()
+
+        async def round2(h: Any) -> Any:
+            return await h.run(["sh", "-c", cscript, "sh", *ops[h.name]], check=False,
+                               timeout=PROBE_TIMEOUT)
+
+        for n, r in (await s.each(round2, list(ops))).items():
+            if isinstance(r, BaseException):
+                log.warning("preflight cross-node step failed", node=n, error=_why(r))
+                continue
+            cross[n] = parse_cross(r.stdout)
+            hccn_text[n] = cross[n].hccn
+    if do_ping:
+        out += ping_checks(names, ips, {n: cf for n, cf in cross.items() if cf.pings})
+    if do_ports:
+        out += ports_reachable_checks(head, head_ip, test_ports, busy, cross)
+    if kind == "ascend" and want_probe:
+        out += ascend_checks(specs, {n: probes.get(n) for n in facts if n not in probe_errors},
+                             hccn_text, probe_errors)
+    elif kind in ("nvidia", "rocm"):
+        out += gpu_checks(kind, specs, {n: f.gpu for n, f in facts.items()})
+
+    out = _apply_skips(out, skip, facts, kind, multi, head, plan.model.startswith("/"))
+    return Report(order(out, names + sorted(set(s.unreachable) - set(names))),
+                  time.monotonic() - t0)
+
+
+def _apply_skips(out: list[CheckResult], skip: Iterable[str], facts: dict[str, NodeFacts],
+                 kind: str, multi: bool, head: str, model_is_path: bool) -> list[CheckResult]:
+    skip = list(skip)
+    if not skip:
+        return out
+    kept = [r for r in out if not skipped(r.check, skip)]
+    rows = {(r.node, r.check) for r in out if skipped(r.check, skip)}
+    for n in facts:
+        for c in applicable(kind, multi, n == head, model_is_path):
+            if skipped(c, skip):
+                rows.add((n, c))
+    return kept + [res(n, c, "warn", SKIPPED_REASON, "") for n, c in sorted(rows)]
+
+
+async def clean_stale(s: Session, plan: Plan) -> dict[str, list[str]]:
+    """Remove /dev/shm/vllm-* and /dev/shm/psm_* segments that no process holds (fuser, or a
+    scan of /proc/*/maps and fds) and that are older than a minute. Never kills anything.
+    Returns the removed paths per node (nodes that could not be reached are left out)."""
+    script = scripts.clean_script()
+    names = [n.name for n in plan.nodes]
+    removed: dict[str, list[str]] = {}
+
+    async def clean(h: Any) -> Any:
+        return await h.sh(script, check=False, timeout=60)
+
+    for n, r in (await s.each(clean, names)).items():
+        if isinstance(r, BaseException):
+            log.warning("clean-stale failed", node=n, error=_why(r))
+            continue
+        removed[n] = [ln.split(" ", 1)[1] for ln in r.stdout.splitlines()
+                      if ln.startswith("removed ")]
+    return removed
