@@ -1,0 +1,291 @@
+"""Preflight parsers against outputs recorded on the lab and on real hosts, and the preflight
+scripts run for real (locally, with fake tools on PATH)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.preflight import scripts
+from orchestrator.preflight.parse import (
+    Listener,
+    is_vllm,
+    parse_cross,
+    parse_df,
+    parse_gather,
+    parse_listeners,
+    parse_proc_net_tcp,
+    parse_procs,
+    parse_shm_files,
+    shm_size_bytes,
+)
+
+# `ss -ltnp` on a lab host while a vLLM head runs (iproute2 6.1, header included)
+SS_LAB = """\
+State  Recv-Q Send-Q Local Address:Port  Peer Address:PortProcess
+LISTEN 0      100       10.77.0.11:34895      0.0.0.0:*    users:(("VLLM::DPCoordin",pid=27076,fd=16))
+LISTEN 0      128       10.77.0.11:22         0.0.0.0:*    users:(("sshd",pid=23775,fd=4))
+LISTEN 0      100       10.77.0.11:13345      0.0.0.0:*    users:(("vllm",pid=16225,fd=27))
+LISTEN 0      4096               *:39289            *:*    users:(("vllm",pid=16225,fd=18))
+"""
+# `ss -Hltn` without root (no process column), IPv6 and a scoped address
+SS_PLAIN = """\
+LISTEN 0      4096         0.0.0.0:8000       0.0.0.0:*
+LISTEN 0      128             [::]:22            [::]:*
+LISTEN 0      128   fe80::1%enp1s0:29550         [::]:*
+"""
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0B004D0A:884F 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 163455 1
+   1: 0B004D0A:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 116683 1
+   2: 0B004D0A:0016 0C004D0A:D2F0 01 00000000:00000000 02:000A2B5D 00000000     0        0 176712 4
+"""
+DF_LAB = """\
+Filesystem     1024-blocks     Used Available Capacity Mounted on
+/dev/vda         264212084 31535444  74855468      30% /
+/dev/nvme0n1p1  7440000000 10000000     40000      99% /mnt/models
+"""
+CID = "9ca6d5905d99c12e26a1c7840c51b8612bace2493c3e3c11e6cc234e0e7af6c6"
+
+
+def test_ss_with_header_and_processes():
+    ls = parse_listeners(SS_LAB)
+    assert Listener("10.77.0.11", 13345, "vllm pid 16225") in ls
+    assert Listener("*", 39289, "vllm pid 16225") in ls
+    assert {x.port for x in ls} == {34895, 22, 13345, 39289}
+
+
+def test_ss_without_header_ipv6_and_scoped():
+    assert parse_listeners(SS_PLAIN) == [Listener("0.0.0.0", 8000), Listener("[::]", 22),
+                                         Listener("fe80::1", 29550)]
+
+
+def test_proc_net_tcp_fallback_keeps_only_listeners():
+    assert parse_listeners("# /proc/net/tcp\n" + PROC_NET_TCP) == [
+        Listener("10.77.0.11", 0x884F), Listener("10.77.0.11", 22)]
+    assert parse_proc_net_tcp(PROC_NET_TCP)[1].port == 22
+
+
+def test_df_posix_rows():
+    d = parse_df(DF_LAB)
+    assert [(x.mount, x.avail_bytes) for x in d] == [("/", 74855468 * 1024),
+                                                     ("/mnt/models", 40000 * 1024)]
+
+
+def test_procs_only_vllm_and_their_containers():
+    text = (f"16225\t/libpod_parent/libpod-{CID} \t/opt/vllm/bin/python3 /opt/vllm/bin/vllm serve /m\n"
+            "1859\t/system.slice/docker-" + "a" * 64 + ".scope \tVLLM::EngineCore_DP0\n"
+            "4242\t/user.slice/user-0.slice/session-3.scope \tpython3 -m vllm.entrypoints.openai.api_server\n"
+            "8505\t/ \tbash -c podman run -d orch vllm serve /m\n"
+            "garbage line\n")
+    ps = parse_procs(text)
+    assert [(p.pid, p.in_container) for p in ps] == [(16225, True), (1859, True), (4242, False)]
+    assert ps[0].container_ids == (CID,)
+
+
+@pytest.mark.parametrize("args,want", [
+    ("vllm serve /models/x --port 8000", True),
+    ("VLLM::Worker_TP0", True),
+    ("/usr/bin/python3.11 -X dev /usr/local/bin/vllm serve m", True),
+    ("python3 -u -m vllm.entrypoints.cli.main serve m", True),
+    ("sh -c vllm serve m", False),
+    ("python3 train.py --vllm", False),
+    ("docker run -d img vllm serve m", False),
+])
+def test_is_vllm(args, want):
+    assert is_vllm(args) is want
+
+
+def test_shm_files():
+    assert [(s.path, s.held) for s in parse_shm_files(
+        "held 4194304 /dev/shm/psm_1a2b\nfree 16777216 /dev/shm/vllm-abc def\nbogus\n")] == [
+        ("/dev/shm/psm_1a2b", True), ("/dev/shm/vllm-abc def", False)]
+
+
+@pytest.mark.parametrize("v,want", [("1g", 2**30), ("500g", 500 * 2**30), ("64m", 64 * 2**20),
+                                    ("2gb", 2 * 2**30), ("1024", 1024), ("lots", None),
+                                    (None, None)])
+def test_shm_size_syntax(v, want):
+    assert shm_size_bytes(v) == want
+
+
+def test_cross_output():
+    text = ("==== listen 13345 ====\nbound python3\naccepted 10.0.0.2\n==== rc 0 ====\n"
+            "==== ping 10.0.0.2 ====\nvia tcp (no ping on this node)\nrefused\n==== rc 0 ====\n"
+            "==== ping 10.0.0.3 ====\nPING ...\n1 packets transmitted, 0 received\n==== rc 1 ====\n"
+            "==== tcp 10.0.0.1 8000 ====\ntimeout\n==== rc 1 ====\n"
+            "==== hccn 0 ping 192.168.101.1 ====\n3 packets transmitted, 3 received, 0.00% "
+            "packet loss\n==== rc 0 ====\n")
+    c = parse_cross(text)
+    assert c.listens[13345] == ["bound python3", "accepted 10.0.0.2"]
+    assert c.pings["10.0.0.2"].ok and c.pings["10.0.0.2"].how == "tcp"
+    assert not c.pings["10.0.0.3"].ok and c.pings["10.0.0.3"].how == "ping"
+    assert c.connects[("10.0.0.1", 8000)] == "timeout"
+    assert c.hccn.startswith("==== hccn 0 ping 192.168.101.1 ====")
+
+
+def test_cross_args_validate_ips_and_keep_values_apart():
+    assert scripts.cross_args(["10.0.0.2"], [("10.0.0.1", 8000)], [(13345, 2)],
+                              {0: ["192.168.1.1", "192.168.2.1"]}) == [
+        "L", "13345", "2", str(scripts.LISTEN_DEADLINE), "P", "10.0.0.2",
+        "T", "10.0.0.1", "8000", str(scripts.CONNECT_DEADLINE), "H", "0", "192.168.1.1,192.168.2.1"]
+    with pytest.raises(ValueError):
+        scripts.cross_args(["10.0.0.2; reboot"])
+
+
+@pytest.mark.parametrize("script", [scripts.gather_script("cpu"), scripts.gather_script("nvidia"),
+                                    scripts.cross_script(), scripts.clean_script()])
+def test_scripts_are_posix_sh(script):
+    shell = shutil.which("dash") or "sh"
+    subprocess.run([shell, "-n"], input=script, text=True, check=True)
+
+
+# ------------------------------------------------------------- scripts run for real
+
+needs_tools = pytest.mark.skipif(not all(shutil.which(t) for t in ("sh", "ip", "ps", "df")),
+                                 reason="needs sh, ip, ps, df")
+
+FAKE_PODMAN = """#!/bin/sh
+case "$1 $2" in
+  "info --format") echo 4.3.1 ;;
+  "image inspect") [ "$5" = "img:ok" ] && echo sha256:1111 || { echo "Error: $5: image not known" >&2; exit 125; } ;;
+  "ps -a") echo %s ;;
+  "inspect %s") cat %s ;;
+  *) echo "fake podman: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def _fake_bin(tmp: Path) -> Path:
+    b = tmp / "bin"
+    b.mkdir()
+    inspect = tmp / "inspect.json"
+    inspect.write_text(json.dumps([{"Id": CID, "Name": "/orch-x-h0-1", "State": {"Status": "running"},
+                                    "Config": {"Labels": {"orch.deployment": "x", "orch.node": "h0",
+                                                          "orch.spec": "abc"}}}]))
+    (b / "podman").write_text(FAKE_PODMAN % (CID, CID, inspect))
+    (b / "podman").chmod(0o755)
+    return b
+
+
+@needs_tools
+def test_gather_script_runs_and_parses(tmp_path):
+    b = _fake_bin(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.safetensors").write_bytes(b"x" * 5000)
+    env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    out = subprocess.run(["sh", "-c", scripts.gather_script("cpu"), "sh", "podman", "img:ok",
+                          str(model)], capture_output=True, text=True, env=env, timeout=60).stdout
+    f = parse_gather(out)
+    assert f.complete and f.uid is not None
+    assert f.runtime_path == str(b / "podman")
+    assert f.runtime_info and f.runtime_info.text.strip() == "4.3.1"
+    assert f.image and f.image.text.strip() == "sha256:1111"
+    assert f.model == "ok" and f.model_bytes is not None and f.model_bytes >= 5000
+    assert f.net is not None and any(i.name == "lo" for i in f.net.ifaces)
+    assert f.disks and f.disks[0].mount == "/"
+    assert [c.name for c in f.containers or []] == ["orch-x-h0-1"]
+    assert f.listeners is not None
+
+
+@needs_tools
+def test_gather_script_image_and_model_missing(tmp_path):
+    b = _fake_bin(tmp_path)
+    env = {"PATH": f"{b}:/usr/bin:/bin:/usr/sbin:/sbin"}
+    out = subprocess.run(["sh", "-c", scripts.gather_script("cpu"), "sh", "podman", "img:gone",
+                          str(tmp_path / "nope")], capture_output=True, text=True, env=env,
+                         timeout=60).stdout
+    f = parse_gather(out)
+    assert f.image is not None and f.image.rc == 125
+    assert f.model == "missing"
+    assert f.disks and [d.mount for d in f.disks] == [f.disks[0].mount]  # only /
+
+
+def test_gather_takes_inventory_values_as_data(tmp_path):
+    """A hostile model path reaches the tools as one literal argument."""
+    b = _fake_bin(tmp_path)
+    flag = tmp_path / "pwned"
+    evil = f"/x; touch {flag}; $(touch {flag})"
+    subprocess.run(["sh", "-c", scripts.gather_script("cpu"), "sh", "podman", f"img:ok`touch {flag}`",
+                    evil], capture_output=True, text=True, timeout=60,
+                   env={"PATH": f"{b}:/usr/bin:/bin:/usr/sbin:/sbin"})
+    assert not flag.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(not (shutil.which("python3") or shutil.which("perl")), reason="no listener tool")
+def test_cross_script_listens_connects_and_tears_down():
+    port = _free_port()
+    listen = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
+                               *scripts.cross_args(listen=[(port, 1)])],
+                              stdout=subprocess.PIPE, text=True)
+    conn = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
+                           *scripts.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)])],
+                          capture_output=True, text=True, timeout=30)
+    out, _ = listen.communicate(timeout=30)
+    lc, cc = parse_cross(out), parse_cross(conn.stdout)
+    assert lc.listens[port][0].startswith("bound") and "accepted 127.0.0.1" in lc.listens[port]
+    assert cc.connects[("127.0.0.1", port)] == "connected"
+    assert cc.pings["127.0.0.1"].ok
+    with socket.socket() as s:  # the listener is gone
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.skipif(not shutil.which("perl"), reason="needs perl")
+def test_cross_script_perl_listener_when_no_python(tmp_path):
+    """Hosts without python3 still get a listener (perl-base is on every Debian/Ubuntu)."""
+    b = tmp_path / "bin"
+    b.mkdir()
+    for t in ("perl", "sh", "sleep", "date", "cat", "rm", "mktemp", "printf", "timeout", "bash"):
+        if shutil.which(t):
+            (b / t).symlink_to(shutil.which(t))  # type: ignore[arg-type]
+    port = _free_port()
+    p = subprocess.Popen([str(b / "sh"), "-c", scripts.cross_script(), "sh",
+                          *scripts.cross_args(listen=[(port, 1)])],
+                         stdout=subprocess.PIPE, text=True, env={"PATH": str(b)})
+    c = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
+                        *scripts.cross_args(connect=[("127.0.0.1", port)])],
+                       capture_output=True, text=True, timeout=30)
+    out, _ = p.communicate(timeout=30)
+    assert parse_cross(out).listens[port][0] == "bound perl"
+    assert parse_cross(c.stdout).connects[("127.0.0.1", port)] == "connected"
+
+
+def test_cross_script_reports_a_busy_port():
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        out = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
+                              *scripts.cross_args(listen=[(port, 1)])],
+                             capture_output=True, text=True, timeout=30).stdout
+    assert parse_cross(out).listens[port][0].startswith("busy")
+
+
+def test_clean_script_removes_only_old_unheld_segments(tmp_path):
+    """Run against a private /dev/shm stand-in: the script's paths are fixed, so check the
+    logic by rewriting the directory (the real one is covered by the lab test)."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    old, young, held = shm / "psm_old", shm / "vllm-young", shm / "psm_held"
+    for p in (old, young, held):
+        p.write_bytes(b"x")
+    subprocess.run(["touch", "-d", "2 hours ago", str(old), str(held)], check=True)
+    script = scripts.clean_script().replace("/dev/shm/", f"{shm}/")
+    with held.open("rb"):
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             timeout=60).stdout
+    assert f"removed {old}" in out
+    assert not old.exists() and young.exists() and held.exists()
+    assert f"kept {held} (in use)" in out and f"kept {young} (younger than 60s)" in out

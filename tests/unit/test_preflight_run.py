@@ -1,0 +1,442 @@
+"""run_checks end to end through the Session seam: fake Hosts answer the gather and cross
+scripts from a small simulated cluster (NICs, images, ports, a network with cuts and
+firewalls); the Ascend probe and hccn_tool pings run for real against the fake NPU tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.cluster import Deployment, Session
+from orchestrator.errors import ConnectError
+from orchestrator.hw import recorded_output
+from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools
+from orchestrator.preflight import clean_stale, print_report, run_checks
+from orchestrator.preflight import scripts as S
+from orchestrator.remote import Result
+
+NODES = ["h0", "h1", "h2"]
+IMAGE_ID = "sha256:" + "ab" * 32
+MODEL = "/models/qwen"
+
+
+def sections(d: dict[str, tuple[str, int]]) -> str:
+    return "".join(f"==== {k} ====\n{t}\n==== rc {rc} ====\n" for k, (t, rc) in d.items())
+
+
+def ip_of(i: int) -> str:
+    return f"10.0.0.{11 + i}"
+
+
+@dataclass
+class World:
+    """The simulated cluster. Mutate the fields to inject faults."""
+
+    nics: dict[str, str] = field(default_factory=lambda: {n: "eth0" for n in NODES})
+    image: dict[str, str | None] = field(default_factory=lambda: {n: IMAGE_ID for n in NODES})
+    model_bytes: dict[str, int | None] = field(default_factory=lambda: {n: 123456 for n in NODES})
+    runtime: dict[str, bool] = field(default_factory=lambda: {n: True for n in NODES})
+    listeners: dict[str, str] = field(default_factory=dict)  # node -> ss lines
+    extra: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    cut: set[tuple[str, str]] = field(default_factory=set)  # (from, to) pings lost
+    blocked: set[tuple[str, int]] = field(default_factory=set)  # (from, port) connects dropped
+    gpu: str | None = None
+    faults: dict[str, dict[str, int]] = field(default_factory=dict)  # ascend fake faults
+    bins: dict[str, Path] = field(default_factory=dict)
+    calls: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    delay: float = 0.0
+
+    def gather(self, n: str) -> str:
+        i = NODES.index(n)
+        addr = [{"ifname": "lo", "flags": ["LOOPBACK", "UP"],
+                 "addr_info": [{"family": "inet", "local": "127.0.0.1"}]},
+                {"ifname": self.nics[n], "flags": ["UP"], "operstate": "UP",
+                 "addr_info": [{"family": "inet", "local": ip_of(i)}]}]
+        net = f"ssh=10.0.0.1 5000 {ip_of(i)} 22\n==== addr\n{json.dumps(addr)}\n==== route\n[]"
+        size = self.model_bytes[n]
+        d = {
+            "id": ("0", 0),
+            "tools": ("python3 /usr/bin/python3\nbash /bin/bash", 0),
+            "runtime path": ("/usr/bin/docker", 0) if self.runtime[n] else ("", 127),
+            "runtime info": ("27.3.1", 0),
+            "image": (self.image[n], 0) if self.image[n] else (
+                f"Error: No such image: {MODEL}", 1),
+            "net": (net, 0),
+            "listeners": ("State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"
+                          f"LISTEN 0 128 {ip_of(i)}:22 0.0.0.0:* users:((\"sshd\",pid=9,fd=3))\n"
+                          + self.listeners.get(n, ""), 0),
+            "model": (f"bytes {size}\t{MODEL}", 0) if size else ("missing", 1),
+            "disks": ("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+                      "/dev/sda1 900000000 1000 800000000 1% /", 0),
+            "shm": ("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+                    "tmpfs 65000000 0 65000000 0% /dev/shm", 0),
+            "containers": ("[]", 0),
+            "procs": ("", 0),
+            "shmfiles": ("", 0),
+        }
+        if self.gpu is not None:
+            d["gpu"] = (self.gpu, 0)
+        d.update(self.extra.get(n, {}))
+        return sections(d)
+
+    def cross(self, n: str, args: list[str]) -> str:
+        out, hops = {}, []
+        i = 0
+        while i < len(args):
+            op = args[i]
+            if op == "P":
+                ip = args[i + 1]
+                to = NODES[int(ip.rsplit(".", 1)[1]) - 11]
+                ok = (n, to) not in self.cut
+                out[f"ping {ip}"] = ("1 packets transmitted, 1 received" if ok else
+                                     "1 packets transmitted, 0 received", 0 if ok else 1)
+                i += 2
+            elif op == "T":
+                port = int(args[i + 2])
+                ok = (n, port) not in self.blocked
+                out[f"tcp {args[i + 1]} {port}"] = ("connected" if ok else "timeout", 0 if ok else 1)
+                i += 4
+            elif op == "L":
+                port = int(args[i + 1])
+                peers = [p for p in NODES if p != n and (p, port) not in self.blocked]
+                out[f"listen {port}"] = ("bound python3\n" + "\n".join(
+                    f"accepted {ip_of(NODES.index(p))}" for p in peers), 0)
+                i += 4
+            else:  # H dev ips: run for real against this node's fake hccn_tool
+                hops += args[i:i + 3]
+                i += 3
+        text = sections(out)
+        if hops:
+            text += subprocess.run(["sh", "-c", S.cross_script(), "sh", *hops], capture_output=True,
+                                   text=True, env={"PATH": f"{self.bins[n]}:/usr/bin:/bin"},
+                                   timeout=60, check=True).stdout
+        return text
+
+
+class FakeHost:
+    def __init__(self, name: str, world: World, sudo: bool = False) -> None:
+        self.name = name
+        self.world = world
+        self.sudo = sudo
+        self.target = SimpleNamespace(host=f"{name}.example", user="ops" if sudo else "root")
+
+    async def run(self, argv, *, timeout=120, check=True, merge=False, input=None):  # noqa: A002
+        script, args = argv[2], list(argv[4:])
+        kind = ("gather" if S.GATHER_MARK in script else "cross" if S.CROSS_MARK in script
+                else "clean" if S.CLEAN_MARK in script else "probe")
+        self.world.calls.append((self.name, kind, args))
+        if self.world.delay:
+            await asyncio.sleep(self.world.delay)
+        if self.sudo:
+            return Result(1, "", "sudo: a password is required\n")
+        if kind == "gather":
+            return Result(0, self.world.gather(self.name), "")
+        if kind == "cross":
+            return Result(0, self.world.cross(self.name, args), "")
+        if kind == "clean":
+            return Result(0, "removed /dev/shm/psm_dead\nkept /dev/shm/psm_live (in use)\n", "")
+        return Result(0, subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                                        env={"PATH": f"{self.world.bins[self.name]}:/usr/bin:/bin"},
+                                        timeout=60).stdout, "")
+
+    async def sh(self, script, **kw):
+        return await self.run(["sh", "-c", script], **kw)
+
+
+def deployment(tmp: Path, profile: str = "cpu", nics: dict[str, str] | None = None,
+               tensor: int = 1, extra_pb: str = "", model: str = MODEL) -> Deployment:
+    (tmp / "playbooks").mkdir(exist_ok=True)
+    (tmp / "playbooks" / "t.yaml").write_text(
+        f"name: t\nprofile: {profile}\nvllm_version: '0.11.0'\ntopology: dp\n"
+        f"parallel: {{tensor: {tensor}, data: 3, data_local: 1}}\nports: {{api: 8000, rpc: 13389}}\n"
+        f"container: {{net_host: true, shm_size: 16g}}\n{extra_pb}")
+    nodes = "".join(f"  - {{name: {n}, host: {n}.example, nic: {(nics or {}).get(n, 'eth0')}, "
+                    f"ip: {ip_of(i)}}}\n" for i, n in enumerate(NODES))
+    (tmp / "inv.yaml").write_text(f"deployment: t\nplaybook: t\nruntime: docker\nimage: img:1\n"
+                                  f"model: {{path: {model}}}\nnodes:\n{nodes}")
+    return Deployment.load(tmp / "inv.yaml", with_secrets=False)
+
+
+def session(dep: Deployment, world: World, unreachable: dict[str, BaseException] | None = None,
+            sudo: set[str] = frozenset()) -> Session:  # type: ignore[assignment]
+    hosts = {n: FakeHost(n, world, n in sudo) for n in NODES if n not in (unreachable or {})}
+    return Session(dep, hosts, dict(unreachable or {}))  # type: ignore[arg-type]
+
+
+def check(dep: Deployment, world: World, skip: frozenset[str] = frozenset(), **kw):
+    return asyncio.run(run_checks(session(dep, world, **kw), dep.static_plan(), skip))
+
+
+def not_passing(report) -> set[tuple[str, str, str]]:
+    return {(r.node, r.check, r.status) for r in report.results if r.status != "pass"}
+
+
+def fails(report) -> set[tuple[str, str]]:
+    return {(r.node, r.check) for r in report.results if r.status == "fail"}
+
+
+# ---------------------------------------------------------------------------- CPU
+
+
+def test_healthy_cluster_passes_every_check(tmp_path):
+    rep = check(deployment(tmp_path), World())
+    assert not_passing(rep) == set()
+    checks = {n: {r.check for r in rep.results if r.node == n} for n in NODES}
+    assert checks["h0"] - checks["h1"] == {"ports.free"}
+    assert {"ssh.reachable", "ssh.root", "runtime.present", "runtime.daemon", "net.nic",
+            "net.ping", "ports.reachable", "image.present", "image.same", "model.present",
+            "model.same", "shm.size", "disk.free", "stale.containers", "stale.processes",
+            "stale.shm"} == checks["h1"]
+    j = rep.to_json()
+    assert j["ok"] is True and set(j["nodes"]) == set(NODES)  # type: ignore[arg-type]
+    assert j["nodes"]["h0"]["ports.free"]["status"] == "pass"  # type: ignore[index]
+
+
+def test_nodes_run_concurrently_in_two_round_trips(tmp_path):
+    world = World(delay=0.4)
+    t0 = time.monotonic()
+    rep = check(deployment(tmp_path), world)
+    took = time.monotonic() - t0
+    assert not rep.failed
+    per_node = {n: [k for h, k, _ in world.calls if h == n] for n in NODES}
+    assert all(v == ["gather", "cross"] for v in per_node.values()), per_node
+    assert took < 1.5, f"{took:.2f}s: nodes were checked one after the other"
+
+
+def test_missing_nic_fails_only_that_node(tmp_path):
+    rep = check(deployment(tmp_path, nics={"h1": "bogus0"}), World())
+    assert not_passing(rep) == {("h1", "net.nic", "fail")}
+    assert "bogus0 does not exist" in rep.get("h1", "net.nic").reason  # type: ignore[union-attr]
+    assert rep.get("h1", "net.ping").status == "pass"  # type: ignore[union-attr]
+
+
+def test_rpc_port_taken_on_head(tmp_path):
+    world = World(listeners={"h0": 'LISTEN 0 100 0.0.0.0:13389 0.0.0.0:* users:(("python3",pid=4242,fd=3))\n'})
+    rep = check(deployment(tmp_path), world)
+    assert fails(rep) == {("h0", "ports.free")}
+    assert "13389" in rep.get("h0", "ports.free").reason and "4242" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
+    assert rep.get("h0", "ports.reachable").status == "warn"  # type: ignore[union-attr]
+    listened = [a for h, k, a in world.calls if h == "h0" and k == "cross"][0]
+    assert "13389" not in listened and "8000" in listened  # no listener on a busy port
+
+
+def test_rpc_port_blocked_on_head_fails_the_head(tmp_path):
+    world = World(blocked={("h1", 13389), ("h2", 13389)})
+    rep = check(deployment(tmp_path), world)
+    assert fails(rep) == {("h0", "ports.reachable")}
+    r = rep.get("h0", "ports.reachable")
+    assert "13389" in r.reason and "h1" in r.reason and "timed out" in r.reason  # type: ignore[union-attr]
+
+
+def test_one_peer_that_cannot_connect_is_the_one_at_fault(tmp_path):
+    rep = check(deployment(tmp_path), World(blocked={("h2", 8000)}))
+    assert fails(rep) == {("h2", "ports.reachable")}
+
+
+def test_node_nobody_can_ping_is_the_one_at_fault(tmp_path):
+    rep = check(deployment(tmp_path), World(cut={("h0", "h2"), ("h1", "h2")}))
+    assert fails(rep) == {("h2", "net.ping")}
+    rep = check(deployment(tmp_path), World(cut={("h1", "h0")}))
+    assert fails(rep) == {("h1", "net.ping")}
+
+
+def test_image_missing_and_image_different(tmp_path):
+    w = World()
+    w.image["h1"] = None
+    rep = check(deployment(tmp_path), w)
+    assert not_passing(rep) == {("h1", "image.present", "fail")}
+    w.image["h1"] = IMAGE_ID
+    w.image["h2"] = "sha256:" + "cd" * 32
+    rep = check(deployment(tmp_path), w)
+    assert not_passing(rep) == {("h2", "image.same", "fail")}
+
+
+def test_model_missing_everywhere_and_model_different(tmp_path):
+    w = World(model_bytes={n: None for n in NODES})
+    rep = check(deployment(tmp_path), w)
+    assert not_passing(rep) == {(n, "model.present", "fail") for n in NODES}
+    assert not any(r.check == "model.same" for r in rep.results)
+    w.model_bytes = {"h0": 100, "h1": 99, "h2": 100}
+    assert not_passing(check(deployment(tmp_path), w)) == {("h1", "model.same", "fail")}
+
+
+def test_hub_model_id_is_not_a_path(tmp_path):
+    w = World(extra={n: {"model": ("not a path", 0)} for n in NODES})
+    rep = check(deployment(tmp_path, model="Qwen/Qwen3-8B"), w)
+    assert not_passing(rep) == set()
+    assert not any(r.check == "model.same" for r in rep.results)
+
+
+def test_runtime_missing_is_one_failure(tmp_path):
+    w = World()
+    w.runtime["h2"] = False
+    rep = check(deployment(tmp_path), w)
+    assert not_passing(rep) == {("h2", "runtime.present", "fail")}
+    assert {r.check for r in rep.results if r.node == "h2"}.isdisjoint(
+        {"runtime.daemon", "image.present", "image.same", "stale.containers"})
+
+
+def test_unreachable_node(tmp_path):
+    dep = deployment(tmp_path)
+    w = World()
+    rep = check(dep, w, unreachable={"h2": ConnectError("h2", "cannot connect to h2.example:22: refused")})
+    assert not_passing(rep) == {("h2", "ssh.reachable", "fail")}
+    assert "refused" in rep.get("h2", "ssh.reachable").reason  # type: ignore[union-attr]
+    assert all(ip_of(2) not in a for _, k, a in w.calls if k == "cross")
+
+
+def test_sudo_needing_a_password(tmp_path):
+    rep = check(deployment(tmp_path), World(), sudo={"h1"})
+    assert ("h1", "ssh.root", "fail") in not_passing(rep)
+    assert "sudo" in rep.get("h1", "ssh.root").reason  # type: ignore[union-attr]
+    assert rep.get("h1", "ssh.reachable").status == "pass"  # type: ignore[union-attr]
+
+
+def test_skip_checks_by_name_and_prefix(tmp_path):
+    w = World(cut={("h1", "h0")})
+    rep = check(deployment(tmp_path), w, skip=frozenset({"net.ping", "stale"}))
+    skipped = {(r.node, r.check) for r in rep.results if r.reason == "skipped by --skip-checks"}
+    assert skipped == {(n, c) for n in NODES for c in ("net.ping", "stale.containers",
+                                                       "stale.processes", "stale.shm")}
+    assert all(r.status == "warn" for r in rep.results if (r.node, r.check) in skipped)
+    assert not rep.failed
+    assert all("P" not in a for _, k, a in w.calls if k == "cross")  # no pings were sent
+
+
+def test_stale_state(tmp_path):
+    dep = deployment(tmp_path)
+    spec = dep.static_plan().node("h1").spec_hash
+    cid = "e" * 64
+    ctrs = [
+        {"Id": "1" * 64, "Name": "/orch-t-h1-old", "State": {"Status": "exited"},
+         "Config": {"Labels": {"orch.deployment": "t", "orch.node": "h1", "orch.spec": "0ld"}}},
+        {"Id": cid, "Name": "/orch-other-h1-x", "State": {"Status": "running"},
+         "Config": {"Labels": {"orch.deployment": "other", "orch.node": "h1", "orch.spec": spec}}},
+    ]
+    w = World(extra={
+        "h1": {"containers": (json.dumps(ctrs), 0),
+               "procs": (f"77\t/system.slice/docker-{cid}.scope \tVLLM::EngineCore_DP0\n", 0)},
+        "h2": {"procs": ("4242\t/user.slice/session-1.scope \tvllm serve /models/qwen\n", 0),
+               "shmfiles": ("free 1048576 /dev/shm/psm_dead\nheld 10 /dev/shm/psm_live\n", 0)},
+    })
+    rep = check(dep, w)
+    assert not_passing(rep) == {("h1", "stale.containers", "warn"), ("h1", "stale.processes", "warn"),
+                                ("h2", "stale.processes", "fail"), ("h2", "stale.shm", "warn")}
+    r = rep.get("h1", "stale.containers")
+    assert "orch-t-h1-old" in r.reason and "other" in r.reason and "orch down" in r.fix  # type: ignore[union-attr]
+    assert "orch-other-h1-x" in rep.get("h1", "stale.processes").reason  # type: ignore[union-attr]
+    assert "4242" in rep.get("h2", "stale.processes").fix  # type: ignore[union-attr]
+    assert "psm_dead" in rep.get("h2", "stale.shm").reason  # type: ignore[union-attr]
+
+
+def test_running_deployment_holding_its_own_ports_is_not_a_failure(tmp_path):
+    dep = deployment(tmp_path)
+    spec = dep.static_plan().node("h0").spec_hash
+    cid = "f" * 64
+    ctr = [{"Id": cid, "Name": "/orch-t-h0-cur", "State": {"Status": "running"},
+            "Config": {"Labels": {"orch.deployment": "t", "orch.node": "h0", "orch.spec": spec}}}]
+    w = World(
+        listeners={"h0": 'LISTEN 0 100 10.0.0.11:13389 0.0.0.0:* users:(("vllm",pid=500,fd=3))\n'},
+        extra={"h0": {"containers": (json.dumps(ctr), 0),
+                      "procs": (f"500\t/docker/{cid} \tvllm serve /models/qwen\n", 0)}})
+    rep = check(dep, w)
+    assert rep.get("h0", "ports.free").status == "pass"  # type: ignore[union-attr]
+    assert rep.get("h0", "stale.containers").status == "pass"  # type: ignore[union-attr]
+    assert rep.get("h0", "stale.processes").status == "pass"  # type: ignore[union-attr]
+
+
+# -------------------------------------------------------------------------- Ascend
+
+needs_sh = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+
+
+def ascend_world(tmp: Path, faults: dict[str, dict[str, int]] | None = None) -> World:
+    w = World()
+    for i, n in enumerate(NODES):
+        peers = [fake_npu_ip(j, d) for j in range(len(NODES)) if j != i for d in range(8)]
+        b = tmp / f"bin-{n}"
+        b.mkdir(exist_ok=True)
+        for name, text in render_fake_tools((faults or {}).get(n), 8, i, peers).items():
+            (b / name).write_text(text)
+            (b / name).chmod(0o755)
+        w.bins[n] = b
+    return w
+
+
+@needs_sh
+def test_ascend_healthy(tmp_path):
+    rep = check(deployment(tmp_path, "ascend-a2", tensor=8), ascend_world(tmp_path))
+    # the fakes ship no driver version.info: the only thing not passing
+    assert not_passing(rep) == {(n, "driver.same", "warn") for n in NODES}
+    for n in NODES:
+        assert rep.get(n, "hccn.ping").status == "pass"  # type: ignore[union-attr]
+        assert rep.get(n, "npu.count").reason == "8 NPUs, need 8"  # type: ignore[union-attr]
+
+
+@needs_sh
+def test_ascend_link_down_on_one_npu(tmp_path):
+    w = ascend_world(tmp_path, {"h1": {"link_down": 3}})
+    rep = check(deployment(tmp_path, "ascend-a2", tensor=8), w)
+    assert fails(rep) == {("h1", "hccn.link")}
+    assert "NPU 3 link DOWN" in rep.get("h1", "hccn.link").reason  # type: ignore[union-attr]
+    pinged = [a for h, k, a in w.calls if k == "cross" and h != "h1"]
+    assert all(fake_npu_ip(1, 3) not in " ".join(a) for a in pinged)  # nobody pings the dead NPU
+
+
+@needs_sh
+def test_ascend_tls_mismatch_on_one_node(tmp_path):
+    rep = check(deployment(tmp_path, "ascend-a2", tensor=8),
+                ascend_world(tmp_path, {"h2": {"tls": 1}}))
+    assert fails(rep) == {("h2", "hccn.tls")}
+    assert "most nodes have it disabled" in rep.get("h2", "hccn.tls").reason  # type: ignore[union-attr]
+
+
+@needs_sh
+def test_ascend_too_few_npus_for_the_plan(tmp_path):
+    w = ascend_world(tmp_path)
+    dep = deployment(tmp_path, "ascend-a2", tensor=8)
+    for n in NODES:  # a 4-NPU node: the fake prints 4 NPUs
+        (w.bins[n] / "npu-smi").write_text(render_fake_tools(None, 4, NODES.index(n))["npu-smi"])
+    assert ("h0", "npu.count") in fails(check(dep, w))
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def test_nvidia_nodes(tmp_path):
+    w = World(gpu=recorded_output("nvidia_smi_h100x8"))
+    dep = deployment(tmp_path, "nvidia", tensor=8)
+    assert not_passing(check(dep, w)) == set()
+    w.extra["h2"] = {"gpu": (recorded_output("nvidia_smi_h100x4_busy"), 0)}
+    bad = not_passing(check(dep, w))
+    assert ("h2", "gpu.count", "fail") in bad and all(n == "h2" for n, _, _ in bad - {
+        (n, "driver.same", "warn") for n in NODES})
+
+
+# ------------------------------------------------------------------- clean / print
+
+
+def test_clean_stale_returns_what_it_removed(tmp_path):
+    dep = deployment(tmp_path)
+    got = asyncio.run(clean_stale(session(dep, World()), dep.static_plan()))
+    assert got == {n: ["/dev/shm/psm_dead"] for n in NODES}
+
+
+def test_print_report(tmp_path):
+    from orchestrator.render import console
+
+    rep = check(deployment(tmp_path, nics={"h1": "bogus0"}), World(),
+                skip=frozenset({"stale.shm"}))
+    with console.capture() as cap:
+        print_report(rep)
+    text = cap.get()
+    assert "net.nic" in text and "h1" in text and "bogus0" in text and "fix:" in text
+    assert "skipped: stale.shm" in text and "1 failed" in text
