@@ -128,6 +128,10 @@ class Host:
     def close(self) -> None:
         self._conn.close()
 
+    async def aclose(self) -> None:
+        self._conn.close()
+        await self._conn.wait_closed()
+
 
 def _text(v: object) -> str:
     if v is None:

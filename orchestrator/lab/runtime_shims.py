@@ -37,6 +37,9 @@ def docker_up() -> bool:
                timeout=30).returncode == 0
 
 
+_DAEMONS: list[subprocess.Popen[bytes]] = []
+
+
 def ensure_dockerd(state: LabState, progress: Progress) -> None:
     """Start dockerd unless one answers already; record its PID only if the lab started it."""
     if docker_up():
@@ -59,6 +62,7 @@ def ensure_dockerd(state: LabState, progress: Progress) -> None:
             raise LabError(f"dockerd exited with {proc.returncode}; see {log}")
         if docker_up():
             progress.say(f"started dockerd (pid {proc.pid}, log {log})")
+            _DAEMONS.append(proc)  # it outlives this call on purpose; down stops it by PID
             return
         time.sleep(0.5)
     raise LabError(f"dockerd did not answer within 60 s; see {log}")
@@ -69,6 +73,9 @@ def stop_dockerd(state: LabState) -> list[str]:
         return []
     ok = stop_pid(state.dockerd_pid, expect_in_cmdline="dockerd", timeout=30)
     pid, state.dockerd_pid = state.dockerd_pid, None
+    for proc in [p for p in _DAEMONS if p.pid == pid]:
+        _DAEMONS.remove(proc)
+        proc.poll()  # collect the status so the Popen object does not warn
     if ok and state.forward_policy:
         run(["iptables", "-P", "FORWARD", state.forward_policy], check=False)
     return [] if ok else [f"dockerd {pid} did not exit"]

@@ -47,7 +47,7 @@ def h0(lab, loop):
     only_podman(lab)
     host = loop.run_until_complete(connect(lab_target(lab)))
     yield host
-    host.close()
+    loop.run_until_complete(host.aclose())
 
 
 # Any text an inventory can hold (no NUL: argv cannot carry it) arrives as exactly one argument.
@@ -150,10 +150,15 @@ def test_secrets_stay_secret_and_the_api_key_is_enforced(lab, orch, tmp_path):
         outputs.append(r.stdout + r.stderr)
         assert "leak: *** ***" in r.stdout
         # a failed up saves log tails: kill the headless rank during a forced redeploy
+        old = {c["id"] for cs in containers(lab).values() for c in cs}
         p = orch.popen("up", str(inv), "--force", "--timeout", "300", env=env)
         from tests.lab.conftest import wait_for
 
-        wait_for(lambda: containers(lab)["h1"] and containers(lab)["h1"][0]["status"] == "running", 60)
+        def new_rank_running(node: str) -> bool:
+            cs = containers(lab)[node]
+            return bool(cs) and cs[0]["id"] not in old and cs[0]["status"] == "running"
+
+        wait_for(lambda: new_rank_running("h0") and new_rank_running("h1"), 60, what="the new ranks")
         lab.run_on("h0", [lab.runtime, "exec", containers(lab)["h0"][0]["id"], "sh", "-c",
                           'echo "leak: $HF_TOKEN $VLLM_API_KEY" > /proc/1/fd/1'])
         lab.run_on("h1", [lab.runtime, "kill", containers(lab)["h1"][0]["id"]])
