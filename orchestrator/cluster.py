@@ -14,7 +14,8 @@ from .errors import ConnectError, NodeErrors, OrchError
 from .inventory import Inventory
 from .playbook import Playbook, Profile
 from .plan import NodeNet, Plan, build_plan
-from .remote import Host, Target, close_all, connect_all
+from .log import log
+from .remote import Host, Target, close_all, connect, connect_all
 from .secrets import Secrets
 
 T = TypeVar("T")
@@ -69,11 +70,25 @@ class Session:
     ) -> dict[str, T | BaseException]:
         """Run fn on every (named) reachable host at once; per-host result or exception."""
         hs = [self.hosts[n] for n in (names or list(self.hosts)) if n in self.hosts]
-        res = await asyncio.gather(*(fn(h) for h in hs), return_exceptions=True)
+        res = await asyncio.gather(*(self._with_reconnect(fn, h) for h in hs), return_exceptions=True)
         for r in res:
             if isinstance(r, asyncio.CancelledError):
                 raise r
         return {h.name: r for h, r in zip(hs, res)}
+
+    async def _with_reconnect(self, fn: Callable[[Host], Awaitable[T]], h: Host) -> T:
+        """Run fn; if the SSH connection dropped, reconnect (the retry policy's backoff and
+        deadline) and run it once more.  A node that stays unreachable raises ConnectError."""
+        try:
+            return await fn(h)
+        except ConnectError as exc:
+            if not getattr(exc, "transient", False):
+                raise
+            log.warning("ssh connection lost, reconnecting", node=h.name, error=exc.message)
+            h.close()
+            fresh = await connect(h.target)
+            self.hosts[h.name] = fresh
+            return await fn(fresh)
 
     async def nets(self, tolerant: bool = False) -> dict[str, NodeNet]:
         async def facts(h: Host) -> NodeNet:

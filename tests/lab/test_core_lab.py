@@ -138,3 +138,37 @@ def test_sigint_during_launch_leaves_nothing_and_a_second_run_is_locked_out(lab,
             p.kill()
     assert p.returncode == 130, err[-2000:]
     assert all(not cs for cs in containers(lab).values()), containers(lab)
+
+
+def sshd_session_pids(lab, host: str) -> list[int]:
+    """The per-connection sshd processes under the lab host's sshd (started by the lab)."""
+    parent = lab.host(host).sshd_pid
+    kids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        kids += [int(p) for p in (task / "children").read_text().split()]
+    return kids
+
+
+def test_a_dropped_ssh_connection_is_retried_within_the_deadline(lab, orch, tmp_path):
+    if lab.runtime != "podman":
+        import pytest
+
+        pytest.skip("runtime-independent: runs on the podman lab only")
+    import os
+
+    inv = inventory(lab, tmp_path, "drop")
+    p = orch.popen("up", str(inv), "--timeout", str(LAUNCH_TIMEOUT - 20))
+    try:
+        wait_for(lambda: containers(lab)["h1"], 60, what="the headless rank's container")
+        time.sleep(2)
+        victims = sshd_session_pids(lab, "h1")
+        assert victims, "orch holds an ssh connection to h1"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        orch("down", str(inv), timeout=120)
+    assert "ssh connection lost, reconnecting" in err
+    assert p.returncode == 0, err[-3000:]
