@@ -60,8 +60,8 @@ def bench_argv(plan: Plan, preset: str, num_prompts: int | None) -> list[str]:
 
 
 def references(playbook: str, preset: str) -> dict[str, float] | None:
-    """Reference figures of the seeds (playbooks/references.yaml), if any for this pair."""
-    path = REPO_PLAYBOOKS / "references.yaml"
+    """Reference figures of the seeds (playbooks/_references.yaml), if any for this pair."""
+    path = REPO_PLAYBOOKS / "_references.yaml"
     if not path.is_file():
         return None
     data = yaml.safe_load(path.read_text()) or {}

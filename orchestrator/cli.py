@@ -145,7 +145,8 @@ def up(
             raise
         except (KeyboardInterrupt, asyncio.CancelledError):
             state.append_history(name, {"action": "up", "result": "interrupted"})
-            raise
+            print("orch: interrupted; what this run started was removed", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -205,20 +206,21 @@ def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt,
     dep = Deployment.load(path)
 
     async def go() -> int:
-        s = await open_session(dep, accept_new=accept_new_host_keys)
+        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         try:
             with state.DeploymentLock(dep.inv.deployment):
                 removed = await do_down(s)
         finally:
             s.close()
         total = sum(len(v) for v in removed.values())
-        if total == 0:
+        if total == 0 and not s.unreachable:
             console.print(f"nothing to remove: no container of {dep.inv.deployment} on any node")
-        else:
-            for node, names in removed.items():
-                if names:
-                    console.print(f"{node}: removed {', '.join(names)}")
-        return EXIT_OK
+        for node, names in removed.items():
+            if names:
+                console.print(f"{node}: removed {', '.join(names)}")
+        for node, err in s.unreachable.items():
+            console.print(f"[red]{node}: not reached, nothing removed there:[/] {mask(str(err))}")
+        return EXIT_FAILED if s.unreachable else EXIT_OK
 
     raise typer.Exit(run_async(go))
 
@@ -230,6 +232,7 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines"),
     since: Optional[str] = typer.Option(None, help="only lines since, e.g. 10m or 2026-11-24T10:00:00"),
     tail: int = typer.Option(100, help="lines per rank (-1: all)"),
+    accept_new_host_keys: bool = AcceptOpt,
 ) -> None:
     """Logs of every rank, prefixed by node and merged in time."""
     setup(quiet=True)
@@ -243,7 +246,7 @@ def logs(
         print(f"{name:<{width}} | {mask(text)}", flush=True)
 
     async def go() -> int:
-        s = await open_session(dep, require_all=False)
+        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         for bad, err in s.unreachable.items():
             emit(bad, f"[orch] unreachable: {err}")
         try:
@@ -265,6 +268,7 @@ def smoke(
     vision: Optional[bool] = typer.Option(None, help="also send an image (default: when the model is a VL model)"),
     max_tokens: int = typer.Option(32, help="tokens per answer"),
     json_out: bool = JsonOpt,
+    accept_new_host_keys: bool = AcceptOpt,
 ) -> None:
     """Functional check through the API: a completion, a chat, and for vision-language models a
     chat with an image (made locally, sent as a data URL). Shows the answers."""
@@ -272,7 +276,7 @@ def smoke(
     dep = Deployment.load(resolve_inventory(inventory))
 
     async def go() -> int:
-        s = await open_session(dep)
+        s = await open_session(dep, accept_new=accept_new_host_keys)
         try:
             p = await s.plan()
         finally:
@@ -298,6 +302,7 @@ def bench(
     num_prompts: Optional[int] = typer.Option(None, help="override the preset's prompt count"),
     timeout: float = typer.Option(3600, help="deadline for the benchmark in seconds"),
     json_out: bool = JsonOpt,
+    accept_new_host_keys: bool = AcceptOpt,
 ) -> None:
     """Run `vllm bench serve` inside the head's container; keep the result JSON in the state
     directory; print TTFT / TPOT / throughput next to the seed's reference figures."""
@@ -305,7 +310,7 @@ def bench(
     dep = Deployment.load(resolve_inventory(inventory))
 
     async def go() -> int:
-        s = await open_session(dep)
+        s = await open_session(dep, accept_new=accept_new_host_keys)
         try:
             p = await s.plan()
             result, path = await bench_mod.run_in_head(s, p, preset, num_prompts, timeout)

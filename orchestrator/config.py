@@ -100,7 +100,7 @@ def find_playbook(name: str, inventory_path: Path | None = None) -> Path:
         p = d / f"{name}.yaml"
         if p.is_file():
             return p
-    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
+    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml") if not p.name.startswith("_")})
     raise PlaybookError(
         f"playbook {name!r} not found in {', '.join(map(str, dirs))}; known: {', '.join(known)}"
     )
@@ -122,5 +122,5 @@ def list_playbooks() -> list[tuple[Path, Playbook]]:
     out = []
     for d in playbook_dirs():
         if d.is_dir():
-            out.extend((p, load_playbook(p)) for p in sorted(d.glob("*.yaml")))
+            out.extend((p, load_playbook(p)) for p in sorted(d.glob("*.yaml")) if not p.name.startswith("_"))
     return out

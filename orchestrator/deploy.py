@@ -152,7 +152,8 @@ async def up(
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     plan = await s.plan()
-    dep = plan.deployment
+    for w in plan.warnings:
+        log.warning("plan", warning=w)
     if not force:
         same, why = await current_state(s, plan)
         if same:
@@ -169,6 +170,12 @@ async def up(
         log.info("deploying", reason=why)
     else:
         why = "forced"
+    if why != "forced" and not why.endswith(": no container"):
+        # keep the replaced ranks' last words: the first failure's log is the one that matters
+        tails = await collect_tails(s, plan)
+        if tails:
+            log.info("saved the replaced containers' log tails",
+                     path=str(state.save_log_tails(plan.deployment, tails, kind="replaced")))
     removed = await remove_all(s)
     for node, names in removed.items():
         if names:

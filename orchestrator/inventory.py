@@ -36,7 +36,7 @@ EnvDict = Annotated[dict[str, str], AfterValidator(check_env)]
 class SSHOptions(Strict):
     """How to reach a node over SSH. Node-level values override the inventory-level ones."""
 
-    user: str | None = Field(None, description="login user (default: ssh config, else root)")
+    user: str | None = Field(None, description="login user (default: ~/.ssh/config, else the local user name)")
     port: int | None = Field(None, ge=1, le=65535, description="SSH port (default 22)")
     key: str | None = Field(None, description="private key file; the SSH agent is used too")
     known_hosts: str | None = Field(

@@ -206,7 +206,7 @@ def merged_serve_flags(inv: Inventory, pb: Playbook) -> dict[str, FlagValue]:
     flags: dict[str, FlagValue] = dict(pb.serve)
     for flag, value in inv.overrides.args.items():
         flags[flag] = value
-    bad = sorted(f for f in flags if f in DERIVED_FLAGS)
+    bad = sorted(f for f in flags if f.split("=", 1)[0].replace("_", "-") in DERIVED_FLAGS)
     if bad:
         raise TopologyError(
             f"{', '.join(bad)}: derived by orch from the topology; set them with the "

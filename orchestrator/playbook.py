@@ -132,4 +132,6 @@ class Playbook(Strict):
         for flag in v:
             if not flag.startswith("--"):
                 raise ValueError(f"{flag!r}: flags are written in long form, like --seed")
+            if "=" in flag:
+                raise ValueError(f"{flag!r}: write the value as the mapping's value, not after '='")
         return v

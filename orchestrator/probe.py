@@ -48,7 +48,7 @@ class Api:
     async def models(self) -> list[str]:
         r = await self._get("/v1/models")
         if r.status_code == 401:
-            raise ProbeError("/v1/models answered 401: the API wants a key (set api_key_env)")
+            raise ProbeError("/v1/models answered 401: the API wants a key (set api_key in the inventory)")
         if r.status_code != 200:
             raise ProbeError(f"/v1/models answered {r.status_code}")
         try:

@@ -24,7 +24,7 @@ def state_dir() -> Path:
 
 
 def write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -43,13 +43,26 @@ def last_inventory() -> Path | None:
 
 def deployment_dir(deployment: str) -> Path:
     d = state_dir() / "deployments" / deployment
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(d)
     return d
 
 
-def save_log_tails(deployment: str, tails: dict[str, str]) -> Path:
+def private_dir(d: Path) -> None:
+    """mkdir -p with 0700 on every directory created (mkdir's mode does not reach parents)."""
+    missing = []
+    p = d
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for m in reversed(missing):
+        m.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(m, 0o700)
+
+
+def save_log_tails(deployment: str, tails: dict[str, str], kind: str = "failed") -> Path:
+    """Save each node's log tail (masked, 0600) under deployments/NAME/KIND/TIME/NODE.log."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    d = deployment_dir(deployment) / "failed" / stamp
+    d = deployment_dir(deployment) / kind / stamp
     from .secrets import mask
 
     for node, text in tails.items():
@@ -61,7 +74,9 @@ def append_history(deployment: str, record: dict[str, object]) -> None:
     p = deployment_dir(deployment) / "history.jsonl"
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}) + "\n")
+        from .secrets import mask
+
+        f.write(mask(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record})) + "\n")
 
 
 class DeploymentLock:

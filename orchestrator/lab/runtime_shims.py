@@ -14,7 +14,6 @@ network. Each lab host's namespace is therefore owned by a long-running pause co
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -37,9 +36,6 @@ def docker_up() -> bool:
                timeout=30).returncode == 0
 
 
-_DAEMONS: list[subprocess.Popen[bytes]] = []
-
-
 def ensure_dockerd(state: LabState, progress: Progress) -> None:
     """Start dockerd unless one answers already; record its PID only if the lab started it."""
     if docker_up():
@@ -51,18 +47,17 @@ def ensure_dockerd(state: LabState, progress: Progress) -> None:
     state.forward_policy = policy[2] if policy[:2] == ["-P", "FORWARD"] else None
     log = lab_dir() / "dockerd.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(["/usr/sbin/dockerd"], stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    state.dockerd_pid, state.dockerd_log = proc.pid, str(log)
+    # Detached (not our child): it outlives this process on purpose; down stops it by PID.
+    out = run(["sh", "-c", 'setsid /usr/sbin/dockerd >>"$1" 2>&1 </dev/null & echo $!', "sh", str(log)])
+    pid = int(out.stdout.strip())
+    state.dockerd_pid, state.dockerd_log = pid, str(log)
     state.save()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"dockerd exited with {proc.returncode}; see {log}")
+        if not pid_alive(pid):
+            raise LabError(f"dockerd exited at start; see {log}")
         if docker_up():
-            progress.say(f"started dockerd (pid {proc.pid}, log {log})")
-            _DAEMONS.append(proc)  # it outlives this call on purpose; down stops it by PID
+            progress.say(f"started dockerd (pid {pid}, log {log})")
             return
         time.sleep(0.5)
     raise LabError(f"dockerd did not answer within 60 s; see {log}")
@@ -73,9 +68,6 @@ def stop_dockerd(state: LabState) -> list[str]:
         return []
     ok = stop_pid(state.dockerd_pid, expect_in_cmdline="dockerd", timeout=30)
     pid, state.dockerd_pid = state.dockerd_pid, None
-    for proc in [p for p in _DAEMONS if p.pid == pid]:
-        _DAEMONS.remove(proc)
-        proc.poll()  # collect the status so the Popen object does not warn
     if ok and state.forward_policy:
         run(["iptables", "-P", "FORWARD", state.forward_policy], check=False)
     return [] if ok else [f"dockerd {pid} did not exit"]

@@ -15,7 +15,7 @@ from orchestrator.pd import PDPlaybook
 from orchestrator.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOKS = sorted(p for p in (ROOT / "playbooks").glob("*.yaml") if p.stem != "references")
+PLAYBOOKS = sorted(p for p in (ROOT / "playbooks").glob("*.yaml") if not p.name.startswith("_"))
 HARDWARE = re.compile(r"-(a2|a3|h100|h200|mi300x|cpu)-")
 
 
@@ -42,7 +42,7 @@ def test_playbook_loads_and_plans(path: Path) -> None:
 
 
 def test_references_name_real_playbooks() -> None:
-    refs = yaml.safe_load((ROOT / "playbooks" / "references.yaml").read_text())
+    refs = yaml.safe_load((ROOT / "playbooks" / "_references.yaml").read_text())
     assert set(refs) <= {p.stem for p in PLAYBOOKS}
 
 
