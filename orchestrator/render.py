@@ -42,6 +42,8 @@ def print_plan(plan: Plan) -> None:
         c.print()
         c.print(f"[bold]# {n.name}[/]: {n.role}, DP ranks {n.rank_start}..{n.rank_start + n.dp_local - 1}, "
                 f"ssh {n.host}, NIC {n.nic}, IP {n.ip}, spec {n.spec_hash}")
+        if n.secret_env:
+            c.print(f"  secrets on stdin (--env-file /dev/stdin): {', '.join(n.secret_env)}")
         c.print(command_lines(n.argv), markup=False, highlight=False, soft_wrap=True)
 
 
