@@ -38,6 +38,8 @@ ASCEND_CHECKS = tuple(c for c in CHECKS if c.startswith(("npu.", "hccn."))) + ("
 GPU_CHECKS = ("gpu.count", "gpu.busy", "gpu.driver", "driver.same")
 GATHER_TIMEOUT = 90
 PROBE_TIMEOUT = 180
+CROSS_TIMEOUT = 30  # pings and connects are bounded by scripts.*_DEADLINE; this is the margin
+HCCN_PING_TIMEOUT = 35  # per peer, each NPU's pings run one after the other
 
 
 def applicable(kind: str, multi: bool, head: bool, model_is_path: bool) -> list[str]:
@@ -63,7 +65,10 @@ def _user(h: Any) -> str:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, (ConnectError, CommandError)):
+    if isinstance(exc, CommandError):  # its message holds the whole script: keep the outcome
+        tail = (exc.output.strip().splitlines() or [""])[-1][:200]
+        return tail if exc.rc is None else f"exit {exc.rc}: {tail}"
+    if isinstance(exc, ConnectError):
         return exc.message.splitlines()[0]
     return f"{type(exc).__name__}: {exc}"
 
@@ -100,8 +105,11 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
         g, p = (r, None) if isinstance(r, BaseException) else r
         h = s.hosts[n]
         if isinstance(g, BaseException):
-            out.append(res(n, "ssh.reachable", "fail", f"{n}: {_why(g)}",
-                           "check the node and its SSH connection; rerun"))
+            why = (f"connected to {n}, but the checks did not finish ({_why(g)})"
+                   if isinstance(g, CommandError) else f"{n}: {_why(g)}")
+            out.append(res(n, "ssh.reachable", "fail", why,
+                           "check the node and its SSH connection (a hung NFS mount stalls "
+                           "`df`/`du`); rerun"))
             continue
         if "==== id ====" not in g.stdout:
             err = (g.stderr or g.stdout).strip().splitlines()
@@ -188,12 +196,17 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
         cscript = scripts.cross_script()
 
         async def round2(h: Any) -> Any:
+            per_dev = max((len(v) for v in hccn_plan.get(h.name, {}).values()), default=0)
             return await h.run(["sh", "-c", cscript, "sh", *ops[h.name]], check=False,
-                               timeout=PROBE_TIMEOUT)
+                               timeout=CROSS_TIMEOUT + HCCN_PING_TIMEOUT * per_dev)
 
         for n, r in (await s.each(round2, list(ops))).items():
             if isinstance(r, BaseException):
-                log.warning("preflight cross-node step failed", node=n, error=_why(r))
+                # one failure for the node, on the first cross-node check it was to get
+                name = ("net.ping" if do_ping else "ports.reachable" if do_ports else "hccn.ping")
+                out.append(res(n, name, "fail", f"the cross-node checks did not finish on {n}: "
+                               f"{_why(r)}", "rerun; if it hangs again, check the node's "
+                               "network and that `ping`/`bash` there return"))
                 continue
             cross[n] = parse_cross(r.stdout)
             hccn_text[n] = cross[n].hccn

@@ -182,7 +182,13 @@ print("bound python3", flush=True)
 seen, end = set(), time.monotonic() + deadline
 while len(seen) < need and time.monotonic() < end:
     if select.select([s], [], [], 0.2)[0]:
-        c, a = s.accept(); seen.add(a[0]); print("accepted", a[0], flush=True); c.close()
+        c, a = s.accept(); seen.add(a[0]); print("accepted", a[0], flush=True)
+        c.settimeout(1)
+        try:
+            c.recv(1)  # the peer closes first: then no TIME_WAIT stays on this port
+        except OSError:
+            pass
+        c.close()
 ' "$1" "$2" "$3"
   elif have perl; then
     perl -MIO::Socket::INET -MIO::Select -e '
@@ -193,7 +199,8 @@ print "bound perl\n";
 my %seen; my $end = time + $dl; my $sel = IO::Select->new($s);
 while (keys(%seen) < $need && time < $end) {
   if ($sel->can_read(0.2)) { my $c = $s->accept or next; my $h = $c->peerhost;
-    $seen{$h} = 1; print "accepted $h\n"; close $c; } }
+    $seen{$h} = 1; print "accepted $h\n";
+    my $r = IO::Select->new($c); if ($r->can_read(1)) { my $b; sysread($c, $b, 1) } close $c; } }
 ' "$1" "$2" "$3"
   else echo "no tool: neither python3 nor perl to open a test listener"; return 4; fi
 }
