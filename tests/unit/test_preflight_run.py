@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.cluster import Deployment, Session
-from orchestrator.errors import ConnectError
+from orchestrator.errors import CommandError, ConnectError
 from orchestrator.hw import recorded_output
 from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools
 from orchestrator.preflight import clean_stale, print_report, run_checks
@@ -53,6 +53,7 @@ class World:
     bins: dict[str, Path] = field(default_factory=dict)
     calls: list[tuple[str, str, list[str]]] = field(default_factory=list)
     delay: float = 0.0
+    cross_hangs: set[str] = field(default_factory=set)  # nodes whose cross step times out
 
     def gather(self, n: str) -> str:
         i = NODES.index(n)
@@ -139,6 +140,8 @@ class FakeHost:
             return Result(1, "", "sudo: a password is required\n")
         if kind == "gather":
             return Result(0, self.world.gather(self.name), "")
+        if kind == "cross" and self.name in self.world.cross_hangs:
+            raise CommandError(self.name, list(argv[:3]), None, f"timed out after {timeout:.0f}s")
         if kind == "cross":
             return Result(0, self.world.cross(self.name, args), "")
         if kind == "clean":
@@ -246,6 +249,12 @@ def test_node_nobody_can_ping_is_the_one_at_fault(tmp_path):
     assert fails(rep) == {("h2", "net.ping")}
     rep = check(deployment(tmp_path), World(cut={("h1", "h0")}))
     assert fails(rep) == {("h1", "net.ping")}
+
+
+def test_cross_step_that_hangs_is_a_failure_not_a_silent_pass(tmp_path):
+    rep = check(deployment(tmp_path), World(cross_hangs={"h2"}))
+    assert fails(rep) == {("h2", "net.ping")}
+    assert "timed out" in rep.get("h2", "net.ping").reason  # type: ignore[union-attr]
 
 
 def test_image_missing_and_image_different(tmp_path):
