@@ -1,0 +1,234 @@
+"""The preflight on the lab: real SSH, real namespaces, real podman/docker, fake NPU tools.
+
+Uses the lab only when it is already up (never brings it up or down, never starts vLLM).
+Every fault is injected here and undone in a `finally`/fixture: a listener process this
+test started (killed by its PID), an iptables rule in h0's namespace, a fake-NPU fault.
+The variant inventories use their own ports (18000/18345), so a deployment other tests run
+on the lab (8000/13345) does not collide; it may show as stale.* warnings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cluster import Deployment, open_session
+from orchestrator.preflight import Report, clean_stale, run_checks
+
+API, RPC = 18000, 18345
+NOISE = {"stale.containers", "stale.processes", "stale.shm"}  # other tests' deployments
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[object]:
+    if os.environ.get("ORCH_SKIP_LAB") == "1":
+        pytest.skip("ORCH_SKIP_LAB=1: this run has no lab")
+    from orchestrator.lab import Lab
+    from orchestrator.lab.state import LabState
+
+    if not LabState.path().exists():
+        pytest.skip(f"no lab ({LabState.path()} missing); `orch lab up` first")
+    lab = Lab()
+    if not lab.is_up or not lab.status().get("healthy") or len(lab.hosts) < 3:
+        pytest.skip("the lab is not up and healthy with 3 hosts")
+    r = lab.run_on(lab.hosts[0], [lab.runtime, "image", "inspect", "--format", "{{.Id}}", lab.image])
+    if r.returncode != 0:
+        pytest.skip(f"the lab image {lab.image} is not built yet")
+    yield lab
+
+
+def write(lab, tmp: Path, name: str, profile: str = "cpu", tensor: int = 1,
+          edit=None) -> Path:  # type: ignore[no-untyped-def]
+    from orchestrator.lab import write_inventory
+
+    (tmp / "playbooks").mkdir(exist_ok=True)
+    (tmp / "playbooks" / f"{name}.yaml").write_text(yaml.safe_dump({
+        "name": name, "profile": profile, "vllm_version": "0.32.0", "topology": "dp",
+        "parallel": {"tensor": tensor, "data": 3, "data_local": 1},
+        "ports": {"api": API, "rpc": RPC}, "container": {"net_host": True, "shm_size": "1g"}}))
+    inv = write_inventory(tmp / f"{name}.yaml", lab.hosts, lab.runtime, nodes=3,
+                          deployment=name, playbook=name)
+    if edit:
+        doc = yaml.safe_load(inv.read_text())
+        edit(doc)
+        inv.write_text(yaml.safe_dump(doc))
+    return inv
+
+
+def check(inv: Path, skip: frozenset[str] = frozenset()) -> Report:
+    async def go() -> Report:
+        dep = Deployment.load(inv)
+        s = await open_session(dep)
+        try:
+            return await run_checks(s, dep.static_plan(), skip)
+        finally:
+            s.close()
+
+    return asyncio.run(go())
+
+
+def fails(rep: Report) -> set[tuple[str, str]]:
+    return {(r.node, r.check) for r in rep.results if r.status == "fail"}
+
+
+def warns(rep: Report) -> set[str]:
+    return {r.check for r in rep.results if r.status == "warn"}
+
+
+def test_healthy_lab_passes_and_is_fast(lab, tmp_path):
+    inv = write(lab, tmp_path, "pf-cpu")
+    times = []
+    for _ in range(5):
+        rep = check(inv)
+        assert fails(rep) == set(), [r for r in rep.results if r.status == "fail"]
+        assert warns(rep) <= NOISE, [r for r in rep.results if r.status == "warn"]
+        times.append(rep.seconds)
+    med = statistics.median(times)
+    print(f"\nrun_checks on the 3-host lab: median {med:.2f}s of {[round(t, 2) for t in times]}",
+          file=sys.stderr)
+    assert med < 10, times
+    assert {r.check for r in rep.results if r.node == "h0"} >= {
+        "net.ping", "ports.free", "ports.reachable", "image.same", "model.same"}
+
+
+def test_nic_missing_on_h1(lab, tmp_path):
+    def bad_nic(doc):  # type: ignore[no-untyped-def]
+        doc["nodes"][1]["nic"] = "bogus0"
+
+    rep = check(write(lab, tmp_path, "pf-nic", edit=bad_nic))
+    assert fails(rep) == {("h1", "net.nic")}
+    assert "bogus0" in rep.get("h1", "net.nic").reason  # type: ignore[union-attr]
+
+
+def test_rpc_port_taken_on_head(lab, tmp_path):
+    h0 = lab.host("h0")
+    code = ("import socket,time; s=socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('0.0.0.0',{RPC})); s.listen(1); "
+            "print('up', flush=True); time.sleep(120)")
+    p = subprocess.Popen(["nsenter", f"--net=/run/netns/{h0.netns}", sys.executable, "-c", code],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "up"
+        rep = check(write(lab, tmp_path, "pf-port"))
+        assert fails(rep) == {("h0", "ports.free")}
+        assert str(RPC) in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
+        assert f"pid {p.pid}" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+def test_rpc_port_blocked_on_head(lab, tmp_path):
+    h0 = lab.host("h0")
+    rule = ["INPUT", "-p", "tcp", "--dport", str(RPC), "-j", "DROP"]
+    lab.run_on(h0, ["iptables", "-I", *rule], check=True)
+    try:
+        rep = check(write(lab, tmp_path, "pf-fw"))
+        assert fails(rep) == {("h0", "ports.reachable")}
+        r = rep.get("h0", "ports.reachable")
+        assert str(RPC) in r.reason and "timed out" in r.reason  # type: ignore[union-attr]
+    finally:
+        lab.run_on(h0, ["iptables", "-D", *rule], check=True)
+
+
+def test_model_missing(lab, tmp_path):
+    def gone(doc):  # type: ignore[no-untyped-def]
+        doc["model"]["path"] = "/nonexistent/orch-preflight-model"
+
+    rep = check(write(lab, tmp_path, "pf-model", edit=gone))
+    assert fails(rep) == {(n, "model.present") for n in ("h0", "h1", "h2")}
+
+
+def test_image_missing(lab, tmp_path):
+    def gone(doc):  # type: ignore[no-untyped-def]
+        doc["image"] = "localhost/orch-lab/no-such-image:0"
+
+    rep = check(write(lab, tmp_path, "pf-image", edit=gone))
+    assert fails(rep) == {(n, "image.present") for n in ("h0", "h1", "h2")}
+
+
+# ------------------------------------------------------------------------ Ascend
+
+
+@pytest.fixture
+def npu_lab(lab) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """The lab with healthy fake NPUs; whatever fault a host had is put back afterwards."""
+    before = {h.name: h.fault for h in lab.hosts}
+    if any(before.values()):
+        pytest.skip(f"someone else has NPU faults set on the lab: {before}")
+    try:
+        yield lab
+    finally:
+        from orchestrator.lab import Lab
+
+        fresh = Lab()
+        for name, fault in before.items():
+            fresh.set_fault(name, fault)
+
+
+def a2(lab, tmp: Path, name: str) -> Path:  # type: ignore[no-untyped-def]
+    return write(lab, tmp, name, profile="ascend-a2", tensor=8)
+
+
+def test_ascend_healthy(npu_lab, tmp_path):
+    rep = check(a2(npu_lab, tmp_path, "pf-a2"))
+    assert fails(rep) == set()
+    assert warns(rep) <= NOISE | {"driver.same"}  # the fakes have no driver version.info
+    assert all(rep.get(n, "hccn.ping").status == "pass" for n in ("h0", "h1", "h2"))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fault,check_name", [({"link_down": 3}, "hccn.link"),
+                                              ({"tls": 1}, "hccn.tls")])
+def test_ascend_fault_on_h1(npu_lab, tmp_path, fault, check_name):
+    npu_lab.set_fault("h1", fault)
+    rep = check(a2(npu_lab, tmp_path, "pf-a2f"))
+    assert fails(rep) == {("h1", check_name)}, [r for r in rep.results if r.status == "fail"]
+
+
+# ------------------------------------------------------------------ clean_stale
+
+
+def test_clean_stale_removes_only_old_unheld_segments(lab, tmp_path):
+    shm = Path("/dev/shm")
+    theirs = [p for p in shm.glob("psm_*")] + [p for p in shm.glob("vllm-*")]
+    if theirs:
+        pytest.skip(f"/dev/shm already has segments this test did not make: {theirs[:3]}")
+    old, held, young = (shm / f"psm_orchtest_{os.getpid()}_{k}" for k in ("old", "held", "young"))
+    for p in (old, held, young):
+        p.write_bytes(b"\0" * 4096)
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    os.utime(held, (past, past))
+    inv = write(lab, tmp_path, "pf-clean")
+    try:
+        with held.open("rb"):
+            rep = check(inv)
+            r = rep.get("h0", "stale.shm")
+            assert r.status == "warn" and old.name in r.reason and held.name not in r.reason  # type: ignore[union-attr]
+
+            async def go() -> dict[str, list[str]]:
+                dep = Deployment.load(inv)
+                s = await open_session(dep)
+                try:
+                    return await clean_stale(s, dep.static_plan())
+                finally:
+                    s.close()
+
+            removed = asyncio.run(go())
+        assert sorted(p for v in removed.values() for p in v) == [str(old)]
+        assert not old.exists() and held.exists() and young.exists()
+    finally:
+        for p in (old, held, young):
+            p.unlink(missing_ok=True)
