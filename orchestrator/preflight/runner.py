@@ -28,6 +28,7 @@ from .verdicts import (
     NodeCtx,
     node_checks,
     ping_checks,
+    port_users,
     ports_reachable_checks,
     res,
     runtime_ok,
@@ -85,6 +86,10 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
         out.append(res(n, "ssh.reachable", "fail", _why(exc),
                        "check the node is up, the address/port/user/key in the inventory, and "
                        "`ssh` to it by hand"))
+    for n in names:
+        if n not in s.hosts and n not in s.unreachable:
+            out.append(res(n, "ssh.reachable", "fail", f"no SSH session to {n}",
+                           "open the session with every node of the plan"))
     want_probe = kind == "ascend" and not all(skipped(c, skip) for c in ASCEND_CHECKS)
     gather = scripts.gather_script(kind)
     gargs = scripts.gather_args(dep.inv.runtime, plan.image, plan.model)
@@ -148,8 +153,9 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
     c = dep.playbook.container
     rpc = dep.inv.overrides.rpc_port or dep.playbook.ports.rpc
     test_ports = [("API", eff.api_port)] + ([("rpc", rpc)] if dep.playbook.topology == "dp" else [])
+    ctxs: dict[str, NodeCtx] = {}
     for n, f in facts.items():
-        ctx = NodeCtx(spec=specs[n], inv_node=inv_nodes[n], is_head=n == eff.head.name,
+        ctx = ctxs[n] = NodeCtx(spec=specs[n], inv_node=inv_nodes[n], is_head=n == eff.head.name,
                       runtime=dep.inv.runtime, deployment=eff.deployment, image=eff.image,
                       model=eff.model, ports=tuple(test_ports), shm_size=c.shm_size,
                       ipc_host=c.ipc_host)
@@ -174,7 +180,8 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
     ips = {n: nets[n].ip for n in facts if n in nets}
     head = eff.head.name
     head_ip = ips.get(head)
-    busy = {ln.port for ln in (facts[head].listeners or [])} if head in facts else set()
+    users = port_users(ctxs[head], facts[head]) if head in facts else {}
+    busy, own_ports = set(users), {p for p, u in users.items() if u == "own"}
     do_ports = multi and head_ip is not None and not skipped("ports.reachable", skip)
     do_ping = multi and not skipped("net.ping", skip)
     hccn_plan = (hccn_ping_plan({n: p for n, p in probes.items() if p is not None})
@@ -184,7 +191,7 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
         peers = [p for p in facts if p != n]
         listen = ([(p, len(peers)) for _, p in test_ports if p not in busy]
                   if do_ports and n == head else [])
-        connect = ([(head_ip, p) for _, p in test_ports if p not in busy]
+        connect = ([(head_ip, p) for _, p in test_ports if p not in busy or p in own_ports]
                    if do_ports and n != head and head_ip else [])
         ping = [ips[p] for p in peers if p in ips] if do_ping else []
         a = scripts.cross_args(ping, connect, listen, hccn_plan.get(n))  # type: ignore[arg-type]
@@ -213,7 +220,7 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
     if do_ping:
         out += ping_checks(names, ips, {n: cf for n, cf in cross.items() if cf.pings})
     if do_ports:
-        out += ports_reachable_checks(head, head_ip, test_ports, busy, cross)
+        out += ports_reachable_checks(head, head_ip, test_ports, busy, cross, own_ports)
     if kind == "ascend" and want_probe:
         out += ascend_checks(specs, {n: probes.get(n) for n in facts if n not in probe_errors},
                              hccn_text, probe_errors)

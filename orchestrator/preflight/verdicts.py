@@ -138,28 +138,38 @@ def _nic(ctx: NodeCtx, f: NodeFacts, add) -> NodeNet | None:  # type: ignore[no-
     return net
 
 
+def port_users(ctx: NodeCtx, f: NodeFacts) -> dict[int, str]:
+    """The head's ports that have a listener: port -> "own" (this deployment's running
+    container, matched by pid and cgroup) or a description of the listener."""
+    own_ids = {c.id for c in own_containers(ctx, f.containers or []) if c.running}
+    own_pids = {p.pid for p in f.procs if own_ids & set(p.container_ids)}
+    out: dict[int, str] = {}
+    for _, port in ctx.ports:
+        ln = next((x for x in f.listeners or [] if x.port == port), None)
+        if ln is None:
+            continue
+        pid = int(ln.process.rsplit(" ", 1)[-1]) if ln.process else None
+        if (pid is not None and pid in own_pids) or (pid is None and own_ids):
+            out[port] = "own"
+        else:
+            out[port] = (f"by {ln.process} " if ln.process else "") + f"({ln.addr})"
+    return out
+
+
 def _ports_free(ctx: NodeCtx, f: NodeFacts, add) -> None:  # type: ignore[no-untyped-def]
     n = ctx.name
     if f.listeners is None:
         add(res(n, "ports.free", "warn", f"could not list listening sockets on {n}",
                 "install iproute2 (`ss`)"))
         return
-    own = own_containers(ctx, f.containers or [])
-    own_ids = {c.id for c in own if c.running}
-    own_pids = {p.pid for p in f.procs if own_ids & set(p.container_ids)}
-    busy, ours = [], []
-    for label, port in ctx.ports:
-        for ln in (x for x in f.listeners if x.port == port):
-            pid = int(ln.process.rsplit(" ", 1)[-1]) if ln.process else None
-            who = f" by {ln.process}" if ln.process else ""
-            if (pid is not None and pid in own_pids) or (pid is None and own_ids):
-                ours.append(f"{label} port {port} held by this deployment's running container")
-            else:
-                busy.append(f"{label} port {port} on {n} is in use{who} ({ln.addr})")
-            break
+    users = port_users(ctx, f)
+    busy = [(lbl, p) for lbl, p in ctx.ports if users.get(p, "own") != "own"]
+    ours = [f"{lbl} port {p} held by this deployment's running container"
+            for lbl, p in ctx.ports if users.get(p) == "own"]
     if busy:
-        add(res(n, "ports.free", "fail", "; ".join(busy),
-                f"stop what listens there (`ss -ltnp 'sport = :{ctx.ports[-1][1]}'` shows it), or "
+        add(res(n, "ports.free", "fail", "; ".join(f"{lbl} port {p} on {n} is in use {users[p]}"
+                                                   for lbl, p in busy),
+                f"stop what listens there (`ss -ltnp 'sport = :{busy[0][1]}'` shows it), or "
                 "choose free ports with overrides.api_port / overrides.rpc_port"))
     else:
         add(res(n, "ports.free", "pass", "; ".join(ours) or
@@ -331,9 +341,11 @@ def ping_checks(nodes: list[str], ips: Mapping[str, str], cross: Mapping[str, Cr
 
 
 def ports_reachable_checks(head: str, head_ip: str | None, ports: list[tuple[str, int]],
-                           busy: set[int], cross: Mapping[str, CrossFacts]) -> list[CheckResult]:
-    """ports.reachable: the head's test listeners seen from every other node. When every
-    peer fails the head (its firewall) is at fault, else the peers that failed."""
+                           busy: set[int], cross: Mapping[str, CrossFacts],
+                           own: set[int] = frozenset()) -> list[CheckResult]:  # type: ignore[assignment]
+    """ports.reachable: the head's test listeners (or, for `own` ports, this deployment's
+    running vLLM) seen from every other node. When every peer fails the head (its firewall)
+    is at fault, else the peers that failed. `busy` ports (someone else's) are not tested."""
     peers = [p for p in cross if p != head]
     if head not in cross or head_ip is None or not peers:
         return []
@@ -341,10 +353,10 @@ def ports_reachable_checks(head: str, head_ip: str | None, ports: list[tuple[str
     head_msgs, head_warn, tested = [], [], 0
     peer_msgs: dict[str, list[str]] = {p: [] for p in peers}
     for label, port in ports:
-        if port in busy:
+        if port in busy and port not in own:
             head_warn.append(f"{label} port {port} not tested: in use on {head} (ports.free)")
             continue
-        lines = cross[head].listens.get(port, [])
+        lines = ["bound: this deployment's vLLM"] if port in own else cross[head].listens.get(port, [])
         if not lines or not lines[0].startswith("bound"):
             head_warn.append(f"{label} port {port}: no test listener on {head} "
                              f"({(lines or ['no output'])[-1][:120]})")

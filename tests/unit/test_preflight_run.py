@@ -357,7 +357,11 @@ def test_running_deployment_holding_its_own_ports_is_not_a_failure(tmp_path):
         extra={"h0": {"containers": (json.dumps(ctr), 0),
                       "procs": (f"500\t/docker/{cid} \tvllm serve /models/qwen\n", 0)}})
     rep = check(dep, w)
-    assert rep.get("h0", "ports.free").status == "pass"  # type: ignore[union-attr]
+    assert not_passing(rep) == set()
+    assert "held by this deployment" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
+    head_ops = [a for h, k, a in w.calls if h == "h0" and k == "cross"][0]
+    peer_ops = [a for h, k, a in w.calls if h == "h1" and k == "cross"][0]
+    assert "13389" not in head_ops and "13389" in peer_ops  # peers reach the running vLLM itself
     assert rep.get("h0", "stale.containers").status == "pass"  # type: ignore[union-attr]
     assert rep.get("h0", "stale.processes").status == "pass"  # type: ignore[union-attr]
 
