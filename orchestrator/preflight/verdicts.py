@@ -56,7 +56,8 @@ def own_containers(ctx: NodeCtx, cs: list[Container]) -> list[Container]:
 
 def runtime_ok(f: NodeFacts) -> bool:
     info = f.runtime_info
-    return f.runtime_path is not None and info is not None and info.rc == 0 and bool(info.text.strip())
+    return (f.runtime_path is not None and info is not None and info.rc == 0
+            and bool(info.text.strip()))
 
 
 def node_checks(ctx: NodeCtx, f: NodeFacts, user: str) -> tuple[list[CheckResult], NodeNet | None]:
@@ -342,7 +343,7 @@ def ping_checks(nodes: list[str], ips: Mapping[str, str], cross: Mapping[str, Cr
 
 def ports_reachable_checks(head: str, head_ip: str | None, ports: list[tuple[str, int]],
                            busy: set[int], cross: Mapping[str, CrossFacts],
-                           own: set[int] = frozenset()) -> list[CheckResult]:  # type: ignore[assignment]
+                           own: frozenset[int] | set[int] = frozenset()) -> list[CheckResult]:
     """ports.reachable: the head's test listeners (or, for `own` ports, this deployment's
     running vLLM) seen from every other node. When every peer fails the head (its firewall)
     is at fault, else the peers that failed. `busy` ports (someone else's) are not tested."""
@@ -356,7 +357,8 @@ def ports_reachable_checks(head: str, head_ip: str | None, ports: list[tuple[str
         if port in busy and port not in own:
             head_warn.append(f"{label} port {port} not tested: in use on {head} (ports.free)")
             continue
-        lines = ["bound: this deployment's vLLM"] if port in own else cross[head].listens.get(port, [])
+        lines = (["bound: this deployment's vLLM"] if port in own
+                 else cross[head].listens.get(port, []))
         if not lines or not lines[0].startswith("bound"):
             head_warn.append(f"{label} port {port}: no test listener on {head} "
                              f"({(lines or ['no output'])[-1][:120]})")
