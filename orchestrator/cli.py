@@ -103,6 +103,9 @@ def up(
     timeout: float = typer.Option(1800, help="overall deadline in seconds for the group to serve"),
     keep_on_failure: bool = typer.Option(False, help="leave a failed group running for debugging"),
     force: bool = typer.Option(False, help="redeploy even when healthy and unchanged"),
+    skip_checks: list[str] = typer.Option(
+        [], "--skip-checks", help="skip a preflight check (name or prefix, e.g. ports.free, npu); repeatable"),
+    no_checks: bool = typer.Option(False, "--no-checks", help="skip the whole preflight"),
     detailed_exitcode: bool = typer.Option(
         False, "--detailed-exitcode", help="exit 3 (not 0) when something was (re)deployed"),
     json_out: bool = JsonOpt,
@@ -116,13 +119,15 @@ def up(
     while watching every rank. A rank that exits fails the run at once with its log.
     When everything already runs as planned and answers, it does nothing."""
     setup(quiet)
+    check_skips(skip_checks)
     dep = Deployment.load(inventory)
     name = dep.inv.deployment
 
     async def go() -> int:
         s = await open_session(dep, accept_new=accept_new_host_keys)
         try:
-            res = await do_up(s, timeout_s=timeout, keep_on_failure=keep_on_failure, force=force)
+            res = await do_up(s, timeout_s=timeout, keep_on_failure=keep_on_failure, force=force,
+                              checks=not no_checks, skip_checks=frozenset(skip_checks))
         finally:
             s.close()
         state.remember_inventory(inventory)
@@ -148,6 +153,47 @@ def up(
             print("orch: interrupted; what this run started was removed", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
+
+
+def check_skips(skip: list[str]) -> None:
+    from .preflight import CHECKS, unknown_skips
+
+    bad = unknown_skips(skip)
+    if bad:
+        raise InputError(f"--skip-checks {', '.join(bad)}: no such check; checks: {', '.join(CHECKS)}")
+
+
+@app.command()
+def check(
+    inventory: Path = InventoryArg,
+    skip_checks: list[str] = typer.Option([], "--skip-checks", help="skip a check (name or prefix); repeatable"),
+    json_out: bool = JsonOpt,
+    accept_new_host_keys: bool = AcceptOpt,
+) -> None:
+    """Preflight: prove the nodes can run the deployment before anything starts. All nodes at
+    once: SSH and root, runtime, NIC/IP, ping, API/RPC ports free and reachable, NPUs/GPUs and
+    links, image/driver/model the same everywhere, shm/disk, stale state. Exit 0 when nothing
+    fails (warnings allowed). Changes nothing."""
+    from .preflight import print_report, run_checks
+
+    setup(quiet=True)
+    check_skips(skip_checks)
+    dep = Deployment.load(inventory)
+
+    async def go() -> int:
+        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
+        try:
+            p = await s.plan(tolerant=True)
+            report = await run_checks(s, p, frozenset(skip_checks))
+        finally:
+            s.close()
+        if json_out:
+            print(json.dumps(report.to_json(), indent=2))
+        else:
+            print_report(report)
+        return EXIT_FAILED if report.failed else EXIT_OK
+
+    raise typer.Exit(run_async(go))
 
 
 @app.command()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from . import state
 from .cluster import Session
-from .errors import DeployError, RankExited, RankFailure, ReadinessTimeout
+from .errors import DeployError, PreflightFailed, RankExited, RankFailure, ReadinessTimeout
 from .log import log
 from .plan import NodeSpec, Plan
 from .health import group_probe
@@ -147,6 +147,8 @@ async def up(
     timeout_s: float = 1800,
     keep_on_failure: bool = False,
     force: bool = False,
+    checks: bool = True,
+    skip_checks: frozenset[str] = frozenset(),
 ) -> UpResult:
     api_key = s.dep.api_key
     t0 = time.monotonic()
@@ -170,6 +172,8 @@ async def up(
         log.info("deploying", reason=why)
     else:
         why = "forced"
+    if checks:
+        await preflight(s, plan, skip_checks)
     if why != "forced" and not why.endswith(": no container"):
         # keep the replaced ranks' last words: the first failure's log is the one that matters
         tails = await collect_tails(s, plan)
@@ -201,6 +205,24 @@ async def up(
         raise
     log.info("serving", url=plan.api_url, model=plan.served_name, seconds=round(time.monotonic() - t0, 1))
     return UpResult(True, why, plan, time.monotonic() - t0, started, answer)
+
+
+async def preflight(s: Session, plan: Plan, skip: frozenset[str]) -> None:
+    """The same checks as `orch check`; refuse to launch on a failure; clear stale /dev/shm."""
+    from .preflight import clean_stale, print_report, run_checks
+
+    report = await run_checks(s, plan, skip)
+    failed = sorted({f"{r.node}: {r.check}" for r in report.results if r.status == "fail"})
+    if failed:
+        print_report(report)
+        raise PreflightFailed(
+            f"preflight failed, nothing was launched ({'; '.join(failed)}); fix it, or skip a "
+            "check with --skip-checks NAME")
+    log.info("preflight passed", seconds=round(report.seconds, 1),
+             warnings=sum(r.status == "warn" for r in report.results))
+    for node, gone in (await clean_stale(s, plan)).items():
+        if gone:
+            log.info("removed stale shared memory", node=node, files=gone)
 
 
 async def _fail_cleanup(s: Session, plan: Plan, keep: bool, exc: BaseException) -> None:

@@ -94,6 +94,10 @@ class ReadinessTimeout(DeployError):
     pass
 
 
+class PreflightFailed(DeployError):
+    """A preflight check failed on some node; nothing was launched."""
+
+
 class LockedError(OrchError):
     exit_code = 4
 

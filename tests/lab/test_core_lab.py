@@ -172,3 +172,14 @@ def test_a_dropped_ssh_connection_is_retried_within_the_deadline(lab, orch, tmp_
         orch("down", str(inv), timeout=120)
     assert "ssh connection lost, reconnecting" in err
     assert p.returncode == 0, err[-3000:]
+
+
+def test_up_refuses_to_launch_when_a_preflight_check_fails(lab, orch, tmp_path):
+    inv = inventory(lab, tmp_path, "refused", image="localhost/orch-lab/not-built:1")
+    r = orch("up", str(inv), timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "preflight failed, nothing was launched" in r.stderr
+    assert "h0: image.present" in r.stderr and "h1: image.present" in r.stderr
+    assert all(not cs for cs in containers(lab).values())
+    r = orch("up", str(inv), "--skip-checks", "no.such.check", timeout=60)
+    assert r.returncode == 2 and "no such check" in r.stderr
