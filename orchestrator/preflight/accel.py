@@ -8,7 +8,8 @@ import ipaddress
 from collections.abc import Mapping
 
 from ..hw import Finding, ParseError, ProbeOutput, split_probe_output
-from ..hw.ascend import AscendProbe, NpuLinkFacts, ascend_verdicts, parse_hccn_ping, tls_consistency
+from ..hw.ascend import NpuLinkFacts, ascend_verdicts, parse_hccn_ping, tls_consistency
+from ..hw.ascend_probe import AscendProbe
 from ..hw.gpu import Gpu, gpu_verdicts, parse_nvidia_smi_csv, parse_rocm_smi_json
 from ..plan import NodeSpec
 from .report import CheckResult

@@ -17,7 +17,7 @@ from typing import Any
 from .. import netinfo
 from ..cluster import Session
 from ..errors import CommandError, ConnectError, TopologyError
-from ..hw.ascend import AscendProbe, ascend_probe_script, parse_ascend_probe
+from ..hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from ..log import log
 from ..plan import NodeNet, Plan
 from . import scripts

@@ -10,12 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.hw import ParseError, recorded_output, split_probe_output
+from orchestrator.hw.ascend_probe import ascend_probe_script, parse_ascend_probe
 from orchestrator.hw.ascend import (
     NpuLinkFacts,
     PingResult,
-    ascend_probe_script,
     ascend_verdicts,
-    parse_ascend_probe,
     parse_cann_install_info,
     parse_driver_version_info,
     parse_hccn_conf,

@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.hw import recorded_output
+from orchestrator.hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from orchestrator.hw.ascend import (
-    AscendProbe,
-    ascend_probe_script,
     ascend_verdicts,
-    parse_ascend_probe,
     parse_npu_smi_info,
     tls_consistency,
 )

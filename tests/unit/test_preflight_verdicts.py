@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from orchestrator.hw import ProbeOutput
-from orchestrator.hw.ascend import AscendProbe, NpuLinkFacts
+from orchestrator.hw.ascend import NpuLinkFacts
+from orchestrator.hw.ascend_probe import AscendProbe
 from orchestrator.inventory import Node
 from orchestrator.plan import NodeSpec
 from orchestrator.preflight import CheckResult, Report, skipped, unknown_skips
