@@ -152,14 +152,16 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
     specs = {sp.name: sp for sp in eff.nodes}
     c = dep.playbook.container
     rpc = dep.inv.overrides.rpc_port or dep.playbook.ports.rpc
-    test_ports = [("API", eff.api_port)] + ([("rpc", rpc)] if dep.playbook.topology == "dp" else [])
+    test_ports = [("API", eff.api_port)]
+    if dep.playbook.topology == "dp":
+        test_ports.append(("rpc", rpc))
     ctxs: dict[str, NodeCtx] = {}
     for n, f in facts.items():
-        ctx = ctxs[n] = NodeCtx(spec=specs[n], inv_node=inv_nodes[n], is_head=n == eff.head.name,
-                      runtime=dep.inv.runtime, deployment=eff.deployment, image=eff.image,
-                      model=eff.model, ports=tuple(test_ports), shm_size=c.shm_size,
-                      ipc_host=c.ipc_host)
-        rs, _ = node_checks(ctx, f, _user(s.hosts[n]))
+        ctxs[n] = NodeCtx(spec=specs[n], inv_node=inv_nodes[n], is_head=n == eff.head.name,
+                          runtime=dep.inv.runtime, deployment=eff.deployment, image=eff.image,
+                          model=eff.model, ports=tuple(test_ports), shm_size=c.shm_size,
+                          ipc_host=c.ipc_host)
+        rs, _ = node_checks(ctxs[n], f, _user(s.hosts[n]))
         out += rs
 
     # cross-node values
