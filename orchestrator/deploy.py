@@ -150,6 +150,11 @@ async def up(
     checks: bool = True,
     skip_checks: frozenset[str] = frozenset(),
 ) -> UpResult:
+    if s.dep.playbook.topology in ("ray", "pd"):  # orchestrator/topologies/
+        from .topologies import up_topology
+
+        return await up_topology(s, timeout_s=timeout_s, keep_on_failure=keep_on_failure, force=force,
+                                 checks=checks, skip_checks=skip_checks)
     api_key = s.dep.api_key
     t0 = time.monotonic()
     deadline = t0 + timeout_s

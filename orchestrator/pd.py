@@ -2,7 +2,8 @@
 disaggregation"): which nodes form which prefill and decode instances, every node's
 `vllm serve` argv and env with its `--kv-transfer-config`, and the proxy's argv.
 
-Pure, like plan.py; launching (prefill and decode instances, then the proxy) is not here.
+Pure, like plan.py.  The playbook models (PDGroup, PDPlaybook) live in playbook.py (a PD file
+loads as a Playbook of topology pd); the launch is orchestrator/topologies/pd.py.
 
     PD playbook (playbooks/pd/*.yaml) + ordered nodes (name, NIC, IP)
       -> prefill instances 0..P-1, then decode instances P..P+D-1, each on `nodes` nodes:
@@ -17,69 +18,15 @@ Pure, like plan.py; launching (prefill and decode instances, then the proxy) is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import Field, model_validator
+from typing import Literal
 
 from . import flags as vflags
 from .errors import TopologyError
-from .inventory import EnvDict, Strict
 from .plan import NodeNet, render_flags
-from .playbook import FlagValue, Profile
+from .playbook import PDGroup, PDPlaybook, Profile
 
 PDRole = Literal["prefill", "decode"]
-
-
-class PDGroup(Strict):
-    """One role's instances: all alike."""
-
-    instances: int = Field(1, ge=1, description="how many instances of this role")
-    nodes: int = Field(1, ge=1, description="nodes per instance")
-    tensor: int = Field(ge=1, description="--tensor-parallel-size")
-    data: int = Field(ge=1, description="--data-parallel-size of one instance")
-    kv_port: int = Field(ge=1, le=65535, description="kv_port (Mooncake uses kv_port..+chips)")
-    rpc_port: int = Field(ge=1, le=65535, description="--data-parallel-rpc-port")
-    api_port: int = Field(8000, ge=1, le=65535, description="--port of the instance's head")
-    serve: dict[str, FlagValue] = Field(default_factory=dict, description="flags of this role")
-    env: EnvDict = Field(default_factory=dict, description="env of this role")
-
-    @property
-    def data_local(self) -> int:
-        return self.data // self.nodes
-
-
-class PDPlaybook(Strict):
-    name: str
-    description: str = ""
-    source: str = ""
-    profile: str
-    vllm_version: str
-    host: str = "0.0.0.0"
-    expert: bool = Field(False, description="--enable-expert-parallel")
-    connector: str = "MooncakeConnectorV1"
-    connector_extra: dict[str, Any] = Field(
-        default_factory=dict, description="kv_connector_extra_config besides prefill/decode"
-    )
-    serve: dict[str, FlagValue] = Field(default_factory=dict, description="flags of every instance")
-    env: EnvDict = Field(default_factory=dict)
-    path_prepend: EnvDict = Field(
-        default_factory=dict,
-        description="NAME: dirs put in front of the container's own value (LD_LIBRARY_PATH)",
-    )
-    prefill: PDGroup
-    decode: PDGroup
-    proxy_port: int = Field(ge=1, le=65535)
-    proxy_command: list[str] = Field(
-        default_factory=lambda: ["python", "load_balance_proxy_server_example.py"]
-    )
-
-    @model_validator(mode="after")
-    def _sizes(self) -> PDPlaybook:
-        for role in ("prefill", "decode"):
-            g: PDGroup = getattr(self, role)
-            if g.data % g.nodes:
-                raise ValueError(f"{role}: data parallel size {g.data} does not divide over {g.nodes} nodes")
-        return self
+__all__ = ["PDGroup", "PDPlaybook", "PDNode", "PDPlan", "kv_transfer_config", "plan_pd"]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ DERIVED_FLAGS = frozenset(
     }
 )
 
-Role = Literal["head", "headless", "single"]
+# single/dp: head, headless, single; ray: ray-head, ray-worker; pd: prefill, decode, proxy
+Role = Literal["head", "headless", "single", "ray-head", "ray-worker", "prefill", "decode", "proxy"]
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,12 @@ def build_plan(
     secret_digest: str | None = None,
 ) -> Plan:
     """Render every node's launch spec. `nets` holds detected NIC/IP per node name;
-    `secret_digest` (from secrets.Secrets.digest) folds secret values into the spec hash."""
+    `secret_digest` (from secrets.Secrets.digest) folds secret values into the spec hash.
+    Topologies ray and pd are planned in orchestrator/topologies/."""
+    if pb.topology in ("ray", "pd"):
+        from .topologies import build_topology_plan
+
+        return build_topology_plan(inv, pb, prof, nets, secret_digest)
     nets = nets or {}
     tp, dp, sizes = local_sizes(inv, pb)
     check_devices(inv, pb, prof, tp, sizes)
@@ -334,7 +340,12 @@ def _node_spec(
     secret_digest: str | None,
     used_devices: int,
     api_port: int,
+    command: list[str] | None = None,
+    extra_run: list[str] | None = None,
 ) -> NodeSpec:
+    """The container spec of one node.  `command` (default: `serve`) is what the container
+    runs, when that is not `vllm serve` itself (ray start, the PD proxy); `extra_run` adds
+    run options.  Both count in the spec hash only when given."""
     c = pb.container
     run_opts: list[str] = []
     if c.net_host:
@@ -363,7 +374,7 @@ def _node_spec(
         run_opts += ["-v", f"{inv.model.path}:{inv.model.path}:ro"]
     for m in inv.overrides.mounts:
         run_opts += ["-v", m]
-    run_opts += prof.run_flags + c.extra
+    run_opts += prof.run_flags + c.extra + (extra_run or [])
     secret_env = tuple(inv.secrets) + (("VLLM_API_KEY",) if inv.api_key else ())
     env_opts: list[str] = ["--env-file", "/dev/stdin"] if secret_env else []
     for key, value in env.items():
@@ -372,6 +383,8 @@ def _node_spec(
                                   "runtime": inv.runtime}
     if secret_env:
         payload["secrets"] = [list(secret_env), secret_digest]
+    if command is not None:
+        payload["command"] = command
     h = spec_hash(payload)
     name = f"orch-{inv.deployment}-{node.name}-{h[:8]}"
     labels = {
@@ -383,7 +396,7 @@ def _node_spec(
     argv = [inv.runtime, "run", "-d", "--name", name]
     for k, v in labels.items():
         argv += ["--label", f"{k}={v}"]
-    argv += run_opts + env_opts + [inv.image] + serve
+    argv += run_opts + env_opts + [inv.image] + (serve if command is None else command)
     return NodeSpec(
         name=node.name,
         role=role,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .inventory import EnvDict, Strict
 
@@ -60,6 +60,7 @@ class Profile(Strict):
 
 class Parallel(Strict):
     tensor: int = Field(1, ge=1, description="--tensor-parallel-size")
+    pipeline: int = Field(1, ge=1, description="--pipeline-parallel-size (topology ray)")
     data: int = Field(1, ge=1, description="--data-parallel-size (all nodes together)")
     data_local: int | None = Field(
         None, ge=1, description="--data-parallel-size-local (default: data / nodes)"
@@ -85,13 +86,99 @@ class ModelMemory(Strict):
     )
 
 
+class RayOptions(Strict):
+    """The Ray topology (seed 001 "Multi-node Deployment with Ray"): `ray start --head` on the
+    first node, `ray start --address` on the others, then one `vllm serve
+    --distributed-executor-backend ray` in the head's container."""
+
+    port: int = Field(6379, ge=1, le=65535, description="the head's GCS port (ray start --port)")
+    start_args: list[str] = Field(
+        default_factory=list,
+        description="more `ray start` arguments on every node, e.g. --num-cpus 1 or "
+        "--resources '{\"NPU\": 1}' (the lab's CPU build counts one rank slot per node so)",
+    )
+    join_timeout_s: float = Field(180, gt=0, description="how long all nodes may take to join")
+
+
+class PDGroup(Strict):
+    """One role's instances (prefill or decode): all alike."""
+
+    instances: int = Field(1, ge=1, description="how many instances of this role")
+    nodes: int = Field(1, ge=1, description="nodes per instance")
+    tensor: int = Field(ge=1, description="--tensor-parallel-size")
+    data: int = Field(ge=1, description="--data-parallel-size of one instance")
+    kv_port: int = Field(ge=1, le=65535, description="kv_port (Mooncake uses kv_port..+chips)")
+    rpc_port: int = Field(ge=1, le=65535, description="--data-parallel-rpc-port")
+    api_port: int = Field(8000, ge=1, le=65535, description="--port of the instance's head")
+    serve: dict[str, FlagValue] = Field(default_factory=dict, description="flags of this role")
+    env: EnvDict = Field(default_factory=dict, description="env of this role")
+
+    @property
+    def data_local(self) -> int:
+        return self.data // self.nodes
+
+
+class PDPlaybook(Strict):
+    """A prefill/decode playbook (playbooks/pd/*.yaml); see orchestrator/pd.py."""
+
+    name: str
+    description: str = ""
+    source: str = ""
+    profile: str
+    vllm_version: str
+    topology: Literal["pd"] = "pd"
+    host: str = "0.0.0.0"
+    expert: bool = Field(False, description="--enable-expert-parallel")
+    connector: str = "MooncakeConnectorV1"
+    connector_extra: dict[str, Any] = Field(
+        default_factory=dict, description="kv_connector_extra_config besides prefill/decode"
+    )
+    serve: dict[str, FlagValue] = Field(default_factory=dict, description="flags of every instance")
+    env: EnvDict = Field(default_factory=dict)
+    path_prepend: EnvDict = Field(
+        default_factory=dict,
+        description="NAME: dirs put in front of the container's own value (LD_LIBRARY_PATH)",
+    )
+    container: ContainerOptions = ContainerOptions()
+    shared_dirs: list[str] = Field(
+        default_factory=list,
+        description="host dirs orch creates on every node and mounts at the same path (the KV "
+        "store of a shared-storage connector such as ExampleConnector)",
+    )
+    prefill: PDGroup
+    decode: PDGroup
+    proxy_port: int = Field(ge=1, le=65535)
+    proxy_command: list[str] = Field(
+        default_factory=lambda: ["python", "load_balance_proxy_server_example.py"]
+    )
+    proxy: Literal["orch", "command"] = Field(
+        "orch", description="orch: run orch's own proxy (orchestrator/pdproxy.py) in the image's "
+        "python; command: run proxy_command as it is (a script the image has)",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PDPlaybook:
+        for role in ("prefill", "decode"):
+            g: PDGroup = getattr(self, role)
+            if g.data % g.nodes:
+                raise ValueError(f"{role}: data parallel size {g.data} does not divide over {g.nodes} nodes")
+        for d in self.shared_dirs:
+            if not d.startswith("/") or ":" in d:
+                raise ValueError(f"shared_dirs: {d!r} is not an absolute path")
+        return self
+
+    @property
+    def nodes_needed(self) -> int:
+        return self.prefill.instances * self.prefill.nodes + self.decode.instances * self.decode.nodes
+
+
 class Playbook(Strict):
     name: str
     description: str = ""
     source: str = Field("", description="where the recipe comes from (seed, tutorial)")
     profile: str = Field(description="hardware profile name (playbooks/profiles/)")
     vllm_version: str = Field(description="vLLM version of the image, e.g. 0.11.0")
-    topology: Literal["single", "dp"] = "dp"
+    topology: Literal["single", "dp", "ray", "pd"] = "dp"
     parallel: Parallel = Parallel()
     ports: Ports = Ports()
     host: str = Field("0.0.0.0", description="--host the API binds to")
@@ -111,6 +198,31 @@ class Playbook(Strict):
     container: ContainerOptions = ContainerOptions()
     min_nodes: int = Field(1, ge=1)
     max_nodes: int | None = Field(None, ge=1)
+    ray: RayOptions | None = Field(None, description="topology ray: how Ray starts")
+    pd: PDPlaybook | None = Field(None, description="topology pd: the prefill/decode playbook")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pd(cls, data: Any) -> Any:
+        """A prefill/decode playbook file (it has prefill: and decode:) loads as a Playbook of
+        topology pd that carries it, so inventories, plan, up, status and down take both."""
+        if not isinstance(data, dict) or "prefill" not in data or "decode" not in data:
+            return data
+        pd = PDPlaybook.model_validate(data)
+        return {"name": pd.name, "description": pd.description, "source": pd.source,
+                "profile": pd.profile, "vllm_version": pd.vllm_version, "topology": "pd",
+                "host": pd.host, "serve": pd.serve, "env": pd.env, "container": pd.container,
+                "min_nodes": pd.nodes_needed, "max_nodes": pd.nodes_needed + 1, "pd": pd}
+
+    @model_validator(mode="after")
+    def _topology(self) -> Playbook:
+        if self.topology == "ray" and self.ray is None:
+            object.__setattr__(self, "ray", RayOptions())
+        if self.topology != "ray" and self.parallel.pipeline != 1:
+            raise ValueError("parallel.pipeline is only planned for topology ray")
+        if (self.topology == "pd") != (self.pd is not None):
+            raise ValueError("topology pd comes with a prefill/decode playbook (prefill:, decode:)")
+        return self
 
     @field_validator("vllm_version")
     @classmethod

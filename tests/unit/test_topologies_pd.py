@@ -1,0 +1,126 @@
+"""Topology pd (orchestrator/topologies/pd.py): PD playbooks load as playbooks of topology
+pd, plan into per-node container specs (prefill, decode, proxy) and the readiness steps."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator import config
+from orchestrator.errors import TopologyError
+from orchestrator.inventory import Inventory
+from orchestrator.pd import PDPlaybook
+from orchestrator.plan import build_plan
+from orchestrator.topologies.pd import PROXY_SOURCE, is_head, readiness
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "playbooks" / "pd" / "cpu-lab-pd.yaml"
+SEED = ROOT / "playbooks" / "pd" / "qwen3-235b-a22b-w8a8-a3-pd.yaml"
+
+
+def inventory(path: Path, n: int, **kw: object) -> Inventory:
+    return Inventory.model_validate({
+        "deployment": "pd", "playbook": str(path), "image": "img", "runtime": "podman",
+        "model": {"path": "/models/tiny", "served_name": "tiny"},
+        "nodes": [{"name": f"h{i}", "host": f"10.77.0.{11 + i}", "nic": f"enp{i}s0", "ip": f"10.77.0.{11 + i}",
+                   "env": {"VLLM_CPU_OMP_THREADS_BIND": str(i % 2)}} for i in range(n)], **kw})
+
+
+def plan(path: Path, n: int, **kw: object):  # type: ignore[no-untyped-def]
+    pb = config.load_playbook(path)
+    return build_plan(inventory(path, n, **kw), pb, config.load_profile(pb.profile, path))
+
+
+def after_image(argv: list[str]) -> list[str]:
+    return argv[argv.index("img") + 1:]
+
+
+def test_pd_files_load_as_playbooks_of_topology_pd() -> None:
+    for path in (LAB, SEED):
+        pb = config.load_playbook(path)
+        assert pb.topology == "pd" and pb.pd is not None and pb.name == path.stem
+        assert pb.pd == PDPlaybook.model_validate(__import__("yaml").safe_load(path.read_text()))
+        assert pb.min_nodes == pb.pd.nodes_needed and pb.max_nodes == pb.pd.nodes_needed + 1
+
+
+def test_lab_plan_prefill_decode_then_proxy_on_the_third_node() -> None:
+    p = plan(LAB, 3)
+    assert [(n.name, n.role) for n in p.nodes] == [("h0", "prefill"), ("h1", "decode"), ("h2", "proxy")]
+    assert p.api_url == "http://10.77.0.13:8100" and p.dp_size == 1
+    pre, dec, proxy = p.nodes
+    for spec, role in ((pre, "kv_producer"), (dec, "kv_consumer")):
+        s = spec.serve_argv
+        kv = json.loads(s[s.index("--kv-transfer-config") + 1])
+        assert kv["kv_connector"] == "ExampleConnector" and kv["kv_role"] == role
+        assert kv["kv_connector_extra_config"]["shared_storage_path"] == "/tmp/orch-lab-pd-kv"
+        assert "/tmp/orch-lab-pd-kv:/tmp/orch-lab-pd-kv" in spec.argv  # the shared KV dir
+        assert after_image(spec.argv) == s and is_head(spec)
+        assert spec.env["VLLM_HOST_IP"] == spec.ip
+    assert pre.env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and dec.env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    cmd = after_image(proxy.argv)
+    assert cmd[:2] == ["python3", "-c"] and not is_head(proxy)
+    assert cmd[3:] == ["--host", "0.0.0.0", "--port", "8100", "--prefiller-hosts", "10.77.0.11",
+                       "--prefiller-ports", "8000", "--decoder-hosts", "10.77.0.12", "--decoder-ports", "8000"]
+    blob = cmd[2].split("b64decode('")[1].split("'")[0]
+    assert zlib.decompress(base64.b64decode(blob)) == PROXY_SOURCE.read_bytes()
+    assert len({n.container for n in p.nodes}) == 3
+
+
+def test_two_nodes_put_the_proxy_beside_the_prefill_instance() -> None:
+    p = plan(LAB, 2)
+    assert [(n.name, n.role) for n in p.nodes] == [("h0", "prefill"), ("h1", "decode"), ("h0", "proxy")]
+    assert p.api_url == "http://10.77.0.11:8100"
+    assert any("extra container" in w for w in p.warnings)
+
+
+def test_node_count_and_overrides_are_checked() -> None:
+    with pytest.raises(TopologyError, match="needs 2 nodes"):
+        plan(LAB, 1)
+    with pytest.raises(TopologyError, match="needs 2 nodes"):
+        plan(LAB, 4)
+    with pytest.raises(TopologyError, match="overrides"):
+        plan(LAB, 3, overrides={"args": {"--max-num-seqs": 4}})
+
+
+def test_seed_plan_headless_decode_node_and_mooncake_path() -> None:
+    p = plan(SEED, 4)
+    assert [(n.name, n.role, is_head(n)) for n in p.nodes] == [
+        ("h0", "prefill", True), ("h1", "decode", True), ("h2", "decode", False), ("h3", "proxy", False)]
+    assert (p.nodes[1].rank_start, p.nodes[2].rank_start) == (0, 4) and p.dp_size == 8
+    # the seed's `export LD_LIBRARY_PATH=<mooncake>:$LD_LIBRARY_PATH` happens in the container
+    cmd = after_image(p.nodes[0].argv)
+    assert cmd[:2] == ["sh", "-c"] and "mooncake" in cmd[2] and cmd[4:] == p.nodes[0].serve_argv
+
+
+def test_readiness_steps() -> None:
+    p = plan(LAB, 3)
+    seen: list[str] = []
+    state = {"proxy": {"status": "ok", "prefill_instances": 1, "decode_instances": 1}, "decode": 200}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(str(req.url))
+        if req.url.path == "/healthcheck":
+            return httpx.Response(200, json=state["proxy"])
+        if req.url.host == "10.77.0.12":
+            return httpx.Response(state["decode"])  # type: ignore[arg-type]
+        return httpx.Response(200)
+
+    async def check() -> tuple[bool, str]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await readiness(p, None, c)
+
+    assert asyncio.run(check()) == (True, "ok")
+    assert seen == ["http://10.77.0.13:8100/healthcheck", "http://10.77.0.11:8000/health",
+                    "http://10.77.0.12:8000/health"]
+    state["decode"] = 503
+    ok, why = asyncio.run(check())
+    assert not ok and "decode instance on h1" in why and "503" in why
+    state["proxy"] = {"status": "ok", "prefill_instances": 1, "decode_instances": 0}
+    ok, why = asyncio.run(check())
+    assert not ok and "healthcheck" in why
