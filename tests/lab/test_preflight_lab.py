@@ -164,18 +164,24 @@ def test_image_missing(lab, tmp_path):
 
 @pytest.fixture
 def npu_lab(lab) -> Iterator[object]:  # type: ignore[no-untyped-def]
-    """The lab with healthy fake NPUs; whatever fault a host had is put back afterwards."""
-    before = {h.name: h.fault for h in lab.hosts}
+    """The lab with healthy fake NPUs on h0-h2; afterwards h1 gets back what it had.
+    Always a freshly loaded Lab(): set_fault saves lab.json, so a stale object must not."""
+    from orchestrator.lab import Lab
+
+    before = {h.name: h.fault for h in Lab().hosts[:3]}
     if any(before.values()):
-        pytest.skip(f"someone else has NPU faults set on the lab: {before}")
+        pytest.skip(f"someone else has NPU faults set on the lab: "
+                    f"{ {k: v for k, v in before.items() if v} }")
     try:
         yield lab
     finally:
-        from orchestrator.lab import Lab
+        Lab().set_fault("h1", before["h1"])
 
-        fresh = Lab()
-        for name, fault in before.items():
-            fresh.set_fault(name, fault)
+
+def set_fault(host: str, fault: dict[str, int]) -> None:
+    from orchestrator.lab import Lab
+
+    Lab().set_fault(host, fault)
 
 
 def a2(lab, tmp: Path, name: str) -> Path:  # type: ignore[no-untyped-def]
@@ -192,7 +198,7 @@ def test_ascend_healthy(npu_lab, tmp_path):
 @pytest.mark.parametrize("fault,check_name", [({"link_down": 3}, "hccn.link"),
                                               ({"tls": 1}, "hccn.tls")])
 def test_ascend_fault_on_h1(npu_lab, tmp_path, fault, check_name):
-    npu_lab.set_fault("h1", fault)
+    set_fault("h1", fault)
     rep = check(a2(npu_lab, tmp_path, "pf-a2f"))
     assert fails(rep) == {("h1", check_name)}, [r for r in rep.results if r.status == "fail"]
 
