@@ -21,8 +21,8 @@ from .report import CheckResult, Status
 
 DISK_WARN_BYTES = 10 * 10**9
 SHM_DEFAULT_MIN = 1 << 30  # below this, vLLM's shared-memory broadcast runs out
-CLEAN_HINT = ("remove them once no process uses them (`fuser -v /dev/shm/NAME` lists users); "
-              "orch's clean-stale step removes exactly the unheld ones")
+CLEAN_HINT = ("`orch up` removes them before launching (only the ones no process holds); by "
+              "hand: `rm /dev/shm/NAME` once `fuser -v /dev/shm/NAME` lists no user")
 
 
 def res(node: str, check: str, status: Status, reason: str, fix: str = "") -> CheckResult:
