@@ -28,22 +28,7 @@ API, RPC = 18000, 18345
 NOISE = {"stale.containers", "stale.processes", "stale.shm"}  # other tests' deployments
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[object]:
-    if os.environ.get("ORCH_SKIP_LAB") == "1":
-        pytest.skip("ORCH_SKIP_LAB=1: this run has no lab")
-    from orchestrator.lab import Lab
-    from orchestrator.lab.state import LabState
-
-    if not LabState.path().exists():
-        pytest.skip(f"no lab ({LabState.path()} missing); `orch lab up` first")
-    lab = Lab()
-    if not lab.is_up or not lab.status().get("healthy") or len(lab.hosts) < 3:
-        pytest.skip("the lab is not up and healthy with 3 hosts")
-    r = lab.run_on(lab.hosts[0], [lab.runtime, "image", "inspect", "--format", "{{.Id}}", lab.image])
-    if r.returncode != 0:
-        pytest.skip(f"the lab image {lab.image} is not built yet")
-    yield lab
+# `lab`: the session fixture of tests/lab/conftest.py (a 3-host lab, podman then docker).
 
 
 def write(lab, tmp: Path, name: str, profile: str = "cpu", tensor: int = 1,
