@@ -408,7 +408,7 @@ def tls_consistency(tls: Mapping[str, Mapping[int, bool]]) -> dict[str, Finding]
         elif uniform[node] != ref:
             state = "enabled" if uniform[node] else "disabled"
             out[node] = Finding("hccn.tls", "fail", f"TLS {state} on NPU {_ids(sorted(values))} "
-                                f"while most nodes have it {'disabled' if ref else 'enabled'}", fix)
+                                f"while most nodes have it {'enabled' if ref else 'disabled'}", fix)
         else:
             out[node] = Finding("hccn.tls", "pass", f"TLS {'enabled' if ref else 'disabled'}, "
                                 "same as the other nodes")

@@ -250,3 +250,11 @@ def test_split_probe_output_round_trip(sections: dict) -> None:
     got = split_probe_output(text)
     assert {k: (v.text, v.rc) for k, v in got.items()} == \
         {k: ("".join(f"{ln}\n" for ln in lines), rc) for k, (lines, rc) in sections.items()}
+
+
+def test_tls_mismatch_names_the_majority_state() -> None:
+    from orchestrator.hw.ascend import tls_consistency
+
+    out = tls_consistency({"a": {0: False, 1: False}, "b": {0: False, 1: False}, "c": {0: True, 1: True}})
+    assert out["c"].status == "fail" and "most nodes have it disabled" in out["c"].reason
+    assert out["a"].status == "pass"
