@@ -120,14 +120,16 @@ class Proxy:
 
     # --- the proxying --------------------------------------------------------------------
 
-    async def forward_get(self, path: str, headers: dict[str, str], writer: asyncio.StreamWriter) -> None:
+    async def forward_get(self, path: str, headers: dict[str, str],
+                          writer: asyncio.StreamWriter) -> None:
         b = self.decode[0]
         try:
             r = await self.client.get(b.url + path, headers=pass_headers(headers))
         except httpx.HTTPError as exc:
-            await reply(writer, 502, {"error": f"decode instance {b.url}: {type(exc).__name__}: {exc}"})
+            await reply(writer, 502, {"error": f"decode instance {b.url}: {why(exc)}"})
             return
-        await reply_raw(writer, r.status_code, r.headers.get("content-type", "text/plain"), r.content)
+        await reply_raw(writer, r.status_code, r.headers.get("content-type", "text/plain"),
+                        r.content)
 
     async def generate(self, path: str, headers: dict[str, str], body: bytes,
                        writer: asyncio.StreamWriter) -> None:
@@ -151,13 +153,14 @@ class Proxy:
         try:
             r = await self.client.post(p.url + path, json=pre, headers=fwd)
         except httpx.HTTPError as exc:
-            await reply(writer, 502, {"error": f"prefill instance {p.url}: {type(exc).__name__}: {exc}"})
+            await reply(writer, 502, {"error": f"prefill instance {p.url}: {why(exc)}"})
             return
         finally:
             p.busy -= 1
         if r.status_code != 200:
             log(f"{rid} {path} prefill {p.url} -> {r.status_code}")
-            await reply_raw(writer, r.status_code, r.headers.get("content-type", "application/json"), r.content)
+            await reply_raw(writer, r.status_code,
+                            r.headers.get("content-type", "application/json"), r.content)
             return
         dec = dict(req)
         try:
@@ -173,7 +176,8 @@ class Proxy:
             await self.stream_to(writer, d, path, dec, fwd)
         finally:
             d.busy -= 1
-        log(f"{rid} {path} prefill {p.url} {t1 - t0:.3f}s, decode {d.url} {time.monotonic() - t1:.3f}s")
+        log(f"{rid} {path} prefill {p.url} {t1 - t0:.3f}s, "
+            f"decode {d.url} {time.monotonic() - t1:.3f}s")
 
     async def stream_to(self, writer: asyncio.StreamWriter, d: Backend, path: str,
                         body: dict[str, object], headers: dict[str, str]) -> None:
@@ -193,7 +197,11 @@ class Proxy:
         except httpx.HTTPError as exc:
             if started:  # the client sees a cut chunked stream; this connection ends
                 raise ConnectionError(f"decode instance {d.url}: {exc}") from exc
-            await reply(writer, 502, {"error": f"decode instance {d.url}: {type(exc).__name__}: {exc}"})
+            await reply(writer, 502, {"error": f"decode instance {d.url}: {why(exc)}"})
+
+
+def why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def pass_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -209,7 +217,8 @@ def header_lines(headers: dict[str, str]) -> bytes:
 
 
 async def reply_raw(writer: asyncio.StreamWriter, code: int, ctype: str, data: bytes) -> None:
-    writer.write(status_line(code) + header_lines({"content-type": ctype, "content-length": str(len(data))}) + data)
+    head = header_lines({"content-type": ctype, "content-length": str(len(data))})
+    writer.write(status_line(code) + head + data)
     await writer.drain()
 
 

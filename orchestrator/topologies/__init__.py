@@ -36,7 +36,8 @@ def resolve_nets(inv: Inventory, nets: dict[str, NodeNet] | None
     return nodes, resolved, unresolved
 
 
-def node_env(inv: Inventory, prof: Profile, node: Node, net: NodeNet, *layers: dict[str, str]) -> dict[str, str]:
+def node_env(inv: Inventory, prof: Profile, node: Node, net: NodeNet,
+             *layers: dict[str, str]) -> dict[str, str]:
     """Env of one node, as plan.build_plan layers it: profile, the given layers (playbook,
     role), the NIC/IP templates, the inventory's overrides, the node's own."""
     env: dict[str, str] = dict(prof.env)
@@ -54,8 +55,8 @@ def api_warnings(bind_host: str, flags: dict[str, object], inv: Inventory) -> li
     return []
 
 
-def build_topology_plan(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[str, NodeNet] | None,
-                        secret_digest: str | None) -> Plan:
+def build_topology_plan(inv: Inventory, pb: Playbook, prof: Profile,
+                        nets: dict[str, NodeNet] | None, secret_digest: str | None) -> Plan:
     if pb.topology == "ray":
         from .ray import plan_ray
 

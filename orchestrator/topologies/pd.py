@@ -75,7 +75,8 @@ def plan_pd_deployment(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[s
         env = node_env(inv, prof, node, net, pn.env)
         cmd = None
         if pn.path_prepend:  # the seed's `export LD_LIBRARY_PATH=<dir>:$LD_LIBRARY_PATH`
-            script = "; ".join(f'export {k}="{v}${{{k}:+:${k}}}"' for k, v in pn.path_prepend.items())
+            script = "; ".join(f'export {k}="{v}${{{k}:+:${k}}}"'
+                               for k, v in pn.path_prepend.items())
             cmd = ["sh", "-c", script + '; exec "$@"', "sh", *pn.serve_argv]
         rank = 0 if pn.head else g.data_local * (nodes.index(node) - _instance_start(pdplan, pn))
         local = g.data_local if (pn.role == "decode" and pn.instance == first_decode) else 0
@@ -248,7 +249,7 @@ async def up_pd(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool = 
     launches: list[asyncio.Future[str]] = []
     try:
         # instance by instance, prefill first: each instance's head, then its headless nodes
-        order = [n for n in plan.nodes if n.role != "proxy"] + [n for n in plan.nodes if n.role == "proxy"]
+        order = sorted(plan.nodes, key=lambda n: n.role == "proxy")  # prefill, decode, proxy
         for spec in order:
             fut = asyncio.ensure_future(launch(s, spec))
             launches.append(fut)
@@ -260,5 +261,6 @@ async def up_pd(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool = 
             await asyncio.wait(pending, timeout=120)
         await asyncio.shield(_fail_cleanup(s, plan, keep_on_failure, exc))
         raise
-    log.info("serving", url=plan.api_url, model=plan.served_name, seconds=round(time.monotonic() - t0, 1))
+    log.info("serving", url=plan.api_url, model=plan.served_name,
+             seconds=round(time.monotonic() - t0, 1))
     return UpResult(True, why, plan, time.monotonic() - t0, started, answer)

@@ -25,7 +25,8 @@ import time
 from .. import flags as vflags
 from ..capacity import check_capacity
 from ..cluster import Session
-from ..deploy import UpResult, _fail_cleanup, current_state, launch, preflight, remove_all, wait_ready
+from ..deploy import (UpResult, _fail_cleanup, current_state, launch, preflight, remove_all,
+                      wait_ready)
 from ..errors import DeployError, RankExited, TopologyError
 from ..health import group_probe
 from ..inventory import Inventory
@@ -52,10 +53,13 @@ def plan_ray(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[str, NodeNe
     nodes, resolved, unresolved = resolve_nets(inv, nets)
     n = len(nodes)
     if n < pb.min_nodes or (pb.max_nodes is not None and n > pb.max_nodes):
-        raise TopologyError(f"playbook {pb.name!r} needs {pb.min_nodes}"
-                            f"{'-' + str(pb.max_nodes) if pb.max_nodes else '+'} node(s), the inventory lists {n}")
-    if (o.data_parallel or pb.parallel.data) != 1 or o.data_parallel_local or pb.parallel.data_local:
-        raise TopologyError("topology ray runs one vLLM instance: data parallel belongs to topology dp")
+        most = f"-{pb.max_nodes}" if pb.max_nodes else "+"
+        raise TopologyError(f"playbook {pb.name!r} needs {pb.min_nodes}{most} node(s), "
+                            f"the inventory lists {n}")
+    dp = o.data_parallel or pb.parallel.data
+    if dp != 1 or o.data_parallel_local or pb.parallel.data_local:
+        raise TopologyError("topology ray runs one vLLM instance: "
+                            "data parallel belongs to topology dp")
     tp = o.tensor_parallel or pb.parallel.tensor
     pp = pb.parallel.pipeline
     world = tp * pp
@@ -82,7 +86,8 @@ def plan_ray(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[str, NodeNe
     vflags.check_flags(serve, pb.vllm_version, f"playbook {pb.name!r}")
     per_node = -(-world // n)
     warnings = api_warnings(bind_host, flags, inv)
-    warnings += check_capacity(pb, prof, flags, [min(per_node, world - i * per_node) for i in range(n)], 1)
+    used = [max(0, min(per_node, world - i * per_node)) for i in range(n)]
+    warnings += check_capacity(pb, prof, flags, used, 1)
     head_ip = resolved[0].ip
     specs: list[NodeSpec] = []
     for i, (node, net) in enumerate(zip(nodes, resolved)):
@@ -93,9 +98,10 @@ def plan_ray(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[str, NodeNe
         else:
             start[2:2] = ["--address", f"{head_ip}:{pb.ray.port}"]
         start += pb.ray.start_args
-        specs.append(_node_spec(inv, pb, prof, node, "ray-head" if i == 0 else "ray-worker", i,
-                                1 if i == 0 else 0, net, serve if i == 0 else [], env, secret_digest,
-                                per_node, api_port, command=start))
+        head = i == 0
+        specs.append(_node_spec(inv, pb, prof, node, "ray-head" if head else "ray-worker", i,
+                                int(head), net, serve if head else [], env, secret_digest,
+                                used[i], api_port, command=start))
     warnings += vflags.env_warnings(specs[0].env, pb.vllm_version)
     return Plan(deployment=inv.deployment, playbook=pb.name, runtime=inv.runtime, image=inv.image,
                 model=inv.model.path, served_name=served,
@@ -105,7 +111,9 @@ def plan_ray(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[str, NodeNe
 
 def count_nodes(status_text: str) -> int:
     """Active nodes in `ray status` output (lines like ` 1 node_3f2a...` under Active:)."""
-    active = status_text.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in status_text else ""
+    if "Active:" not in status_text:
+        return 0
+    active = status_text.split("Active:", 1)[1].split("Pending:", 1)[0]
     return len(_NODE_LINE.findall(active))
 
 
@@ -171,7 +179,8 @@ async def up_ray(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool =
                 st = await api.state(plan.served_name)
                 g = await group_probe(api, plan.served_name, 1) if st.ready else None
                 if g is not None and g.ok:
-                    return UpResult(False, f"healthy and unchanged ({g.reason})", plan, time.monotonic() - t0)
+                    return UpResult(False, f"healthy and unchanged ({g.reason})", plan,
+                                    time.monotonic() - t0)
                 why = f"API not ready: {st.reason}" if g is None else f"unhealthy: {g.reason}"
         log.info("deploying", reason=why, topology="ray")
     if checks:
@@ -191,10 +200,11 @@ async def up_ray(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool =
         ids = await asyncio.shield(asyncio.gather(*launches[1:]))
         started.update({n.name: i for n, i in zip(rest, ids)})
         waited = await wait_joined(s, plan, min(deadline, time.monotonic() + join_s), plan.nodes)
-        log.info("ray cluster complete", nodes=len(plan.nodes), seconds=round(time.monotonic() - t0, 1),
-                 join_wait_s=round(waited, 1))
+        log.info("ray cluster complete", nodes=len(plan.nodes),
+                 seconds=round(time.monotonic() - t0, 1), join_wait_s=round(waited, 1))
         h = s.hosts[plan.head.name]
-        await h.run(serve_exec_argv(plan.runtime, plan.head.container, plan.head.serve_argv), timeout=60)
+        await h.run(serve_exec_argv(plan.runtime, plan.head.container, plan.head.serve_argv),
+                    timeout=60)
         log.info("vllm serve started in the head's container", node=plan.head.name)
         answer = await wait_ready(s, plan, deadline, api_key)
     except BaseException as exc:
@@ -203,5 +213,6 @@ async def up_ray(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool =
             await asyncio.wait(pending, timeout=120)
         await asyncio.shield(_fail_cleanup(s, plan, keep_on_failure, exc))
         raise
-    log.info("serving", url=plan.api_url, model=plan.served_name, seconds=round(time.monotonic() - t0, 1))
+    log.info("serving", url=plan.api_url, model=plan.served_name,
+             seconds=round(time.monotonic() - t0, 1))
     return UpResult(True, why, plan, time.monotonic() - t0, started, answer)
