@@ -32,7 +32,7 @@ from .deploy import up as do_up
 from .errors import InputError, OrchError
 from .log import log, setup
 from .secrets import mask
-from .render import console, print_plan, print_status, status_table
+from .render import console, err_console, print_plan, print_status, status_table
 from .status import status as do_status
 
 T = TypeVar("T")
@@ -265,7 +265,8 @@ def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt,
             if names:
                 console.print(f"{node}: removed {', '.join(names)}")
         for node, err in s.unreachable.items():
-            console.print(f"[red]{node}: not reached, nothing removed there:[/] {mask(str(err))}")
+            err_console.print(f"[red]{node}: not reached, nothing removed there:[/] {mask(str(err))}",
+                              highlight=False)
         return EXIT_FAILED if s.unreachable else EXIT_OK
 
     raise typer.Exit(run_async(go))

@@ -12,6 +12,7 @@ from .plan import Plan
 from .status import Status
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def command_lines(argv: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_smoke_and_bench_through_the_deployed_api(lab, orch, tmp_path):
         doc = json.loads(r.stdout)
         assert doc["figures"]["completed"] == 8 and doc["figures"]["failed"] == 0
         assert doc["figures"]["mean_ttft_ms"] > 0 and doc["figures"]["output_throughput"] > 0
-        saved = json.loads(open(doc["result_file"]).read())
+        saved = json.loads(Path(doc["result_file"]).read_text())
         assert saved["completed"] == 8
         r = orch("bench", str(inv), "--preset", "lab-tiny", "--num-prompts", "4", timeout=600)
         assert r.returncode == 0 and "mean_ttft_ms" in r.stdout and "result:" in r.stdout
