@@ -57,6 +57,41 @@ async def launch(s: Session, spec: NodeSpec) -> str:
     return r.stdout.strip()
 
 
+class Launches:
+    """The launch steps of one `up`, with the group's cleanup guaranteed.
+
+    A `run -d` is never cut in half: each launch is shielded from cancellation, and when the
+    block fails or is interrupted (Ctrl-C, SIGTERM) the cleanup first waits for launches in
+    flight, so no container appears after it; then it saves log tails and removes the group
+    (unless keep).  The exception is re-raised."""
+
+    def __init__(self, s: Session, plan: Plan, keep: bool) -> None:
+        self.s, self.plan, self.keep = s, plan, keep
+        self._futures: list[asyncio.Future[str]] = []
+
+    async def start(self, spec: NodeSpec) -> str:
+        fut = asyncio.ensure_future(launch(self.s, spec))
+        self._futures.append(fut)
+        return await asyncio.shield(fut)
+
+    async def start_all(self, specs: list[NodeSpec]) -> list[str]:
+        futs = [asyncio.ensure_future(launch(self.s, n)) for n in specs]
+        self._futures += futs
+        return list(await asyncio.shield(asyncio.gather(*futs)))
+
+    async def __aenter__(self) -> Launches:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        pending = [f for f in self._futures if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=120)
+        await asyncio.shield(_fail_cleanup(self.s, self.plan, self.keep, exc))
+        return False
+
+
 async def watch_ranks(s: Session, plan: Plan) -> list[RankFailure]:
     """Inspect every rank's container once; failures (with log tails) for the ones not running."""
 
@@ -190,24 +225,11 @@ async def up(
         if names:
             log.info("removed old containers", node=node, containers=names)
     started: dict[str, str] = {}
-    launches: list[asyncio.Future[str]] = []
-    try:
-        # A `run -d` is never cut in half: launches are shielded, and on interruption the
-        # cleanup waits for them first, so no container appears after the cleanup.
-        head = asyncio.ensure_future(launch(s, plan.head))
-        launches.append(head)
-        started[plan.head.name] = await asyncio.shield(head)
+    async with Launches(s, plan, keep_on_failure) as launches:
+        started[plan.head.name] = await launches.start(plan.head)
         rest = plan.nodes[1:]
-        launches += [asyncio.ensure_future(launch(s, n)) for n in rest]
-        ids = await asyncio.shield(asyncio.gather(*launches[1:]))
-        started.update({n.name: i for n, i in zip(rest, ids)})
+        started.update(zip([n.name for n in rest], await launches.start_all(rest)))
         answer = await wait_ready(s, plan, deadline, api_key)
-    except BaseException as exc:
-        pending = [t for t in launches if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=120)
-        await asyncio.shield(_fail_cleanup(s, plan, keep_on_failure, exc))
-        raise
     log.info("serving", url=plan.api_url, model=plan.served_name, seconds=round(time.monotonic() - t0, 1))
     return UpResult(True, why, plan, time.monotonic() - t0, started, answer)
 
