@@ -27,7 +27,7 @@ from .state import BRIDGE, FORWARD_RULE, LabHost, LabState, host_spec
 
 __all__ = ["Lab", "LabError", "LabHost", "IMAGE_TAG", "write_inventory", "lab_dir"]
 
-MAX_HOSTS = 16
+MAX_HOSTS = 64
 
 
 def missing_deps(runtime: str) -> list[str]:
