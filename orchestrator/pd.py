@@ -91,11 +91,14 @@ def plan_pd(
                 serve = ["vllm", "serve", model, "--host", pb.host, "--port", str(g.api_port)]
                 if i:
                     serve.append("--headless")
-                serve += ["--tensor-parallel-size", str(g.tensor), "--data-parallel-size", str(g.data),
-                          "--data-parallel-size-local", str(g.data_local),
-                          "--data-parallel-start-rank", str(i * g.data_local),
-                          "--data-parallel-address", head_ip, "--data-parallel-rpc-port", str(g.rpc_port),
-                          "--served-model-name", served]
+                serve += ["--tensor-parallel-size", str(g.tensor)]
+                if g.data > 1:  # vLLM refuses --data-parallel-start-rank with DP 1 (external LB)
+                    serve += ["--data-parallel-size", str(g.data),
+                              "--data-parallel-size-local", str(g.data_local),
+                              "--data-parallel-start-rank", str(i * g.data_local),
+                              "--data-parallel-address", head_ip,
+                              "--data-parallel-rpc-port", str(g.rpc_port)]
+                serve += ["--served-model-name", served]
                 if pb.expert:
                     serve.append("--enable-expert-parallel")
                 serve += render_flags({**pb.serve, **g.serve, "--kv-transfer-config": kv})

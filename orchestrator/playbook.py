@@ -97,6 +97,10 @@ class RayOptions(Strict):
         description="more `ray start` arguments on every node, e.g. --num-cpus 1 or "
         "--resources '{\"NPU\": 1}' (the lab's CPU build counts one rank slot per node so)",
     )
+    head_args: list[str] = Field(
+        default_factory=list, description="`ray start` arguments of the head only, e.g. "
+        "--include-dashboard false (Ray refuses them on the other nodes)",
+    )
     join_timeout_s: float = Field(180, gt=0, description="how long all nodes may take to join")
 
 

@@ -97,7 +97,7 @@ def plan_ray(inv: Inventory, pb: Playbook, prof: Profile, nets: dict[str, NodeNe
             start[2:2] = ["--head", "--port", str(pb.ray.port)]
         else:
             start[2:2] = ["--address", f"{head_ip}:{pb.ray.port}"]
-        start += pb.ray.start_args
+        start += pb.ray.start_args + (pb.ray.head_args if i == 0 else [])
         head = i == 0
         specs.append(_node_spec(inv, pb, prof, node, "ray-head" if head else "ray-worker", i,
                                 int(head), net, serve if head else [], env, secret_digest,

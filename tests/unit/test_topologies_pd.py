@@ -61,6 +61,7 @@ def test_lab_plan_prefill_decode_then_proxy_on_the_third_node() -> None:
         assert kv["kv_connector_extra_config"]["shared_storage_path"] == "/tmp/orch-lab-pd-kv"
         assert "/tmp/orch-lab-pd-kv:/tmp/orch-lab-pd-kv" in spec.argv  # the shared KV dir
         assert after_image(spec.argv) == s and is_head(spec)
+        assert not any(f.startswith("--data-parallel") for f in s)  # DP 1: vLLM refuses them
         assert spec.env["VLLM_HOST_IP"] == spec.ip
     assert pre.env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and dec.env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
     cmd = after_image(proxy.argv)

@@ -64,6 +64,7 @@ def test_head_starts_ray_and_carries_the_serve_line(pb: Playbook) -> None:
     assert tail[:4] == ["ray", "start", "--address", "10.77.0.11:6379"]
     assert tail[tail.index("--node-ip-address") + 1] == "10.77.0.12"
     assert tail[tail.index("--resources") + 1] == '{"NPU": 1}'  # one argv element, quoted once
+    assert "--include-dashboard" in head.argv and "--include-dashboard" not in worker.argv
     s = head.serve_argv
     assert s[:3] == ["vllm", "serve", "/models/tiny"]
     for flag, value in (("--tensor-parallel-size", "2"), ("--pipeline-parallel-size", "1"),
