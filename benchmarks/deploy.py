@@ -22,12 +22,13 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as C  # noqa: E402
+
+from orchestrator.runtime import parse_time  # noqa: E402
 
 DEPLOYMENT = "bench-up"
 STARTUP_LINE = "Application startup complete"
@@ -35,18 +36,10 @@ STARTUP_LINE = "Application startup complete"
 
 def ts(v: str) -> float:
     """RFC 3339 / ISO 8601 (nanoseconds allowed, Z or offset) -> epoch seconds."""
-    v = v.strip().replace("Z", "+00:00")
-    date, _, rest = v.partition("T")
-    clock, sign, tz = rest, "", ""
-    for ch in "+-":
-        if ch in rest:
-            clock, tz = rest.split(ch, 1)
-            sign = ch
-            break
-    if "." in clock:
-        base, frac = clock.split(".", 1)
-        clock = f"{base}.{frac[:6]}"
-    return datetime.fromisoformat(f"{date}T{clock}{sign}{tz}").timestamp()
+    t = parse_time(v)
+    if t is None:
+        raise ValueError(f"not a timestamp: {v!r}")
+    return t.timestamp()
 
 
 def events(stderr: str) -> list[dict]:

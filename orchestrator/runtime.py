@@ -66,7 +66,8 @@ def image_inspect(runtime: str, image: str) -> list[str]:
     return [runtime, "image", "inspect", "--format", "{{.Id}}", image]
 
 
-def _time(v: object) -> datetime | None:
+def parse_time(v: object) -> datetime | None:
+    """A runtime's timestamp (docker, podman, log --timestamps forms) as an aware UTC datetime."""
     if not isinstance(v, str) or not v or v.startswith("0001-"):
         return None
     s = v.strip()
@@ -105,7 +106,7 @@ def parse_inspect(text: str) -> list[Container]:
                 name=(c.get("Name") or "").lstrip("/"),
                 status=status.lower(),
                 exit_code=state.get("ExitCode"),
-                started_at=_time(state.get("StartedAt")),
+                started_at=parse_time(state.get("StartedAt")),
                 restarts=int(c.get("RestartCount") or 0),
                 labels=dict(cfg.get("Labels") or {}),
                 image=cfg.get("Image") or c.get("ImageName") or "",
