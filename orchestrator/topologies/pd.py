@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from ..cluster import Session
-from ..deploy import UpResult, _fail_cleanup, collect_tails, launch, preflight, remove_all
+from ..deploy import Launches, UpResult, collect_tails, preflight, remove_all
 from ..errors import DeployError, RankExited, RankFailure, ReadinessTimeout, TopologyError
 from ..inventory import Inventory
 from ..log import log
@@ -246,21 +246,12 @@ async def up_pd(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool = 
     if pdp.shared_dirs:
         await s.each(lambda h: h.run(["mkdir", "-p", *pdp.shared_dirs], timeout=30))
     started: dict[str, str] = {}
-    launches: list[asyncio.Future[str]] = []
-    try:
+    async with Launches(s, plan, keep_on_failure) as launches:
         # instance by instance, prefill first: each instance's head, then its headless nodes
         order = sorted(plan.nodes, key=lambda n: n.role == "proxy")  # prefill, decode, proxy
         for spec in order:
-            fut = asyncio.ensure_future(launch(s, spec))
-            launches.append(fut)
-            started[f"{spec.name}/{spec.role}"] = await asyncio.shield(fut)
+            started[f"{spec.name}/{spec.role}"] = await launches.start(spec)
         answer = await wait_pd_ready(s, plan, deadline, api_key)
-    except BaseException as exc:
-        pending = [t for t in launches if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=120)
-        await asyncio.shield(_fail_cleanup(s, plan, keep_on_failure, exc))
-        raise
     log.info("serving", url=plan.api_url, model=plan.served_name,
              seconds=round(time.monotonic() - t0, 1))
     return UpResult(True, why, plan, time.monotonic() - t0, started, answer)

@@ -25,8 +25,7 @@ import time
 from .. import flags as vflags
 from ..capacity import check_capacity
 from ..cluster import Session
-from ..deploy import (UpResult, _fail_cleanup, current_state, launch, preflight, remove_all,
-                      wait_ready)
+from ..deploy import Launches, UpResult, current_state, preflight, remove_all, wait_ready
 from ..errors import DeployError, RankExited, TopologyError
 from ..health import group_probe
 from ..inventory import Inventory
@@ -189,16 +188,11 @@ async def up_ray(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool =
         if names:
             log.info("removed old containers", node=node, containers=names)
     started: dict[str, str] = {}
-    launches: list[asyncio.Future[str]] = []
-    try:
-        head = asyncio.ensure_future(launch(s, plan.head))
-        launches.append(head)
-        started[plan.head.name] = await asyncio.shield(head)
+    async with Launches(s, plan, keep_on_failure) as launches:
+        started[plan.head.name] = await launches.start(plan.head)
         await wait_joined(s, plan, min(deadline, time.monotonic() + join_s), [plan.head])
         rest = plan.nodes[1:]
-        launches += [asyncio.ensure_future(launch(s, n)) for n in rest]
-        ids = await asyncio.shield(asyncio.gather(*launches[1:]))
-        started.update({n.name: i for n, i in zip(rest, ids)})
+        started.update(zip([n.name for n in rest], await launches.start_all(rest)))
         waited = await wait_joined(s, plan, min(deadline, time.monotonic() + join_s), plan.nodes)
         log.info("ray cluster complete", nodes=len(plan.nodes),
                  seconds=round(time.monotonic() - t0, 1), join_wait_s=round(waited, 1))
@@ -207,12 +201,6 @@ async def up_ray(s: Session, *, timeout_s: float = 1800, keep_on_failure: bool =
                     timeout=60)
         log.info("vllm serve started in the head's container", node=plan.head.name)
         answer = await wait_ready(s, plan, deadline, api_key)
-    except BaseException as exc:
-        pending = [t for t in launches if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=120)
-        await asyncio.shield(_fail_cleanup(s, plan, keep_on_failure, exc))
-        raise
     log.info("serving", url=plan.api_url, model=plan.served_name,
              seconds=round(time.monotonic() - t0, 1))
     return UpResult(True, why, plan, time.monotonic() - t0, started, answer)
