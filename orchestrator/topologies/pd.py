@@ -38,6 +38,7 @@ from ..probe import Api, ProbeError
 from . import api_warnings, node_env, resolve_nets
 
 POLL_S = 2.0
+READY_PROMPT = "The capital of France is"
 PROGRESS_S = 15.0
 PROXY_SOURCE = Path(__file__).resolve().parent.parent / "pdproxy.py"
 
@@ -196,7 +197,9 @@ async def wait_pd_ready(s: Session, plan: Plan, deadline: float, api_key: str | 
                 log.info("proxy and every instance ready", waited_s=round(time.monotonic() - t0, 1))
                 async with Api(plan.api_url, api_key) as api:
                     try:
-                        return await api.complete(plan.served_name,
+                        # several tokens: vLLM's ExampleConnector (the lab's) breaks the decode
+                        # instance on a one-token prompt (a negative KV block count)
+                        return await api.complete(plan.served_name, prompt=READY_PROMPT,
                                                   timeout=max(10.0, deadline - time.monotonic()))
                     except ProbeError as exc:
                         raise DeployError(f"every instance is healthy but a completion through the "
