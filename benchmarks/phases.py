@@ -1,14 +1,16 @@
 """Where `orch status` spends its time, in-process: the same calls as the command, timed one
-by one (wall and this process's CPU), plus variants that prototype fixes by composing orch's
-own functions differently (nothing in orchestrator/ is changed):
+by one (wall and this process's CPU):
 
   connect      cluster.open_session (asyncssh connect to every node, at once)
-  facts        Session.nets: FACTS_SCRIPT on every node (1 SSH exec each)
-  ps           Session.each(Session.containers): `podman ps` (+ inspect if any) on every node
+  facts        the facts script on every node, one SSH exec each (what a fresh status runs)
+  containers   this deployment's containers on every node through the runtime's API socket
+               (one SSH channel to the socket, no process on the node)
+  cli          the same through the CLI (`podman ps`, one SSH exec each): the fallback
+  snapshot     Session.snapshot(): facts and containers at once on every node (fresh status)
+  kept         Session.snapshot(kept=True) again on the same connections, facts in the
+               long-lived shell per node: what a keeper does per request
+  keeper       one request to this deployment's keeper (keeper.snapshot; started here)
   api          probe.Api.state on the head (connection refused when nothing runs)
-  --- prototypes ---
-  noop_exec    one `true` exec on every node (floor of one round trip: channel + sshd session)
-  merged       facts + ps in ONE exec per node (what a merged round trip would cost)
 
     python benchmarks/phases.py INVENTORY [--reps 5] [--profile FILE]
 """
@@ -20,7 +22,6 @@ import asyncio
 import cProfile
 import json
 import pstats
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,12 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator import netinfo, runtime  # noqa: E402
-from orchestrator.cluster import Deployment, open_session  # noqa: E402
+from orchestrator import keeper, runtime  # noqa: E402
+from orchestrator.cluster import Deployment, Session, open_session  # noqa: E402
 from orchestrator.log import setup  # noqa: E402
 from orchestrator.probe import Api  # noqa: E402
 from orchestrator.remote import Host  # noqa: E402
-from orchestrator.status import status as do_status  # noqa: E402
 
 
 class Clock:
@@ -53,39 +53,51 @@ class Clock:
         return _C()
 
 
+def _cli(s: Session) -> Any:
+    async def one(h: Host) -> Any:
+        return await h.run(runtime.ps_ids(s.runtime, s.dep.inv.deployment, h.name), timeout=60)
+    return one
+
+
 async def one(path: Path) -> dict[str, dict[str, float]]:
     c = Clock()
-    with c("load"):
-        dep = Deployment.load(path)
+    dep = Deployment.load(path)
     with c("connect"):
         s = await open_session(dep, require_all=False)
     try:
         with c("facts"):
-            nets = await s.nets(tolerant=True)
-        plan = dep.static_plan(nets)
-        with c("ps"):
-            await s.each(s.containers)
+            await s.each(s.facts)
+        with c("containers"):
+            await s.each(s.inspect_containers)
+        with c("cli"):
+            await s.each(_cli(s))
+        with c("snapshot"):
+            snap = await s.snapshot()
+        await s.snapshot(kept=True)  # starts the shells
+        with c("kept"):
+            await s.snapshot(kept=True)
+        if await keeper.snapshot(dep) is None:
+            raise SystemExit("no keeper answers: start one first (main does)")
+        with c("keeper"):
+            await keeper.snapshot(dep)
+        plan = dep.static_plan(snap.nets(dep.inv))
         with c("api"):
             async with Api(plan.api_url, dep.api_key, timeout=5) as api:
                 await api.state(plan.served_name)
-        with c("noop_exec"):
-            await s.each(lambda h: h.run(["true"], timeout=60))
-        ps = runtime.ps_ids(dep.inv.runtime, dep.inv.deployment, None)
-        merged = netinfo.FACTS_SCRIPT + '; echo "==== ps"; ' + shlex.join(ps)
-
-        async def both(h: Host) -> Any:
-            return await h.sh(merged, timeout=60)
-
-        with c("merged"):
-            await s.each(both)
-        with c("status"):  # the command's whole body after connecting, as orch runs it
-            p = await s.plan(tolerant=True)
-            await do_status(s, p, dep.api_key, probe=False)
     finally:
         s.close()
     if s.unreachable:
         raise SystemExit(f"unreachable: {list(s.unreachable)}")
     return c.out
+
+
+async def _wait_keeper(dep: Deployment, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if await keeper.snapshot(dep) is not None:
+            return
+        await asyncio.sleep(0.5)
+    raise SystemExit("the keeper did not come up")
 
 
 def main() -> None:
@@ -95,6 +107,9 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, help="cProfile one more run; top functions there")
     a = ap.parse_args()
     setup(quiet=True)
+    dep = Deployment.load(a.inventory)
+    keeper.spawn(dep)
+    asyncio.run(_wait_keeper(dep))
     runs = [asyncio.run(one(a.inventory)) for _ in range(a.reps)]
     res: dict[str, Any] = {"runs": runs}
     if a.profile:

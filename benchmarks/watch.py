@@ -1,5 +1,6 @@
 """The loop of `orch status --watch SECONDS` without the terminal UI: one session, then
-forever `Session.plan` + `status.status` (with the group probe, as the command does) and a
+forever `Session.snapshot(kept=True)` + `status.deployment_status` (with the group probe, as
+the command does) and a
 sleep; one JSON line per pass on stdout: start/end (epoch s), healthy, state per node.
 
     python benchmarks/watch.py INVENTORY [--interval 1]
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.cluster import Deployment, open_session  # noqa: E402
 from orchestrator.log import setup  # noqa: E402
-from orchestrator.status import status as do_status  # noqa: E402
+from orchestrator.status import deployment_status  # noqa: E402
 
 
 async def main(path: Path, interval: float, requests: bool) -> None:
@@ -27,8 +28,7 @@ async def main(path: Path, interval: float, requests: bool) -> None:
     try:
         while True:
             t0 = time.time()
-            p = await s.plan(tolerant=True)
-            st = await do_status(s, p, dep.api_key, probe=requests)
+            st = await deployment_status(dep, await s.snapshot(kept=True), requests)
             print(json.dumps({"start": t0, "end": time.time(), "healthy": st.healthy,
                               "api_ready": st.api_ready,
                               "states": {n.name: n.state for n in st.nodes}}), flush=True)

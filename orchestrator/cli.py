@@ -33,7 +33,7 @@ from .errors import InputError, OrchError
 from .log import log, setup
 from .secrets import mask
 from .render import console, err_console, print_plan, print_status, status_table
-from .status import status as do_status
+from .status import deployment_status
 
 T = TypeVar("T")
 
@@ -202,33 +202,49 @@ def status(
     json_out: bool = JsonOpt,
     requests: bool = typer.Option(True, help="prove every rank serves with a few tiny real requests"),
     watch: Optional[float] = typer.Option(None, help="refresh every SECONDS until Ctrl-C"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="connect anew: neither use nor leave a keeper of SSH connections"),
     accept_new_host_keys: bool = AcceptOpt,
 ) -> None:
     """Per node: container state, uptime, restarts, drift (spec hash vs the inventory) and
     per-rank metrics (running/waiting requests, KV cache, tokens); the API's readiness; and a
-    whole-group check (every DP rank must finish a real request). Exit 0 only when healthy."""
+    whole-group check (every DP rank must finish a real request). Exit 0 only when healthy.
+
+    A background keeper then holds the SSH connections for `ssh.persist` seconds (inventory,
+    default 120; 0 = never), so the next status reuses them; `orch down` stops it."""
+    from . import keeper
+
     setup(quiet=True)
     path = resolve_inventory(inventory)
     dep = Deployment.load(path)
+    keep = not (fresh or watch or accept_new_host_keys) and keeper.usable(dep)
 
-    async def once(s) -> object:  # type: ignore[no-untyped-def]
-        p = await s.plan(tolerant=True)
-        return await do_status(s, p, dep.api_key, probe=requests)
+    async def watch_loop(every: float) -> None:
+        from rich.live import Live
 
-    async def go() -> int:
         s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         try:
-            if watch:
-                from rich.live import Live
-
-                with Live(console=console, auto_refresh=False) as live:
-                    while True:
-                        st = await once(s)
-                        live.update(status_table(st), refresh=True)
-                        await asyncio.sleep(watch)
-            st = await once(s)
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    st = await deployment_status(dep, await s.snapshot(kept=True), requests)
+                    live.update(status_table(st), refresh=True)
+                    await asyncio.sleep(every)
         finally:
             s.close()
+
+    async def go() -> int:
+        if watch:
+            await watch_loop(watch)
+        snap = await keeper.snapshot(dep) if keep else None
+        if snap is None:
+            s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
+            try:
+                snap = await s.snapshot()
+            finally:
+                s.close()
+            if keep:
+                keeper.spawn(dep)
+        st = await deployment_status(dep, snap, requests)
         if json_out:
             print(json.dumps(st.to_json(), indent=2))
         else:
@@ -246,12 +262,18 @@ def status(
 @app.command()
 def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt,
          accept_new_host_keys: bool = AcceptOpt) -> None:
-    """Stop and remove this deployment's containers on every node. Safe to repeat."""
+    """Stop and remove this deployment's containers on every node, and its keeper of SSH
+    connections. Safe to repeat."""
+    from . import keeper
+
     setup(quiet)
     path = resolve_inventory(inventory)
     dep = Deployment.load(path)
 
     async def go() -> int:
+        stopped = keeper.stop(dep.inv.deployment)
+        if stopped:
+            log.info("stopped the keeper of SSH connections", pids=stopped)
         s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
         try:
             with state.DeploymentLock(dep.inv.deployment):

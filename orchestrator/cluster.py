@@ -4,19 +4,21 @@ and list/remove this deployment's containers.  Shared by up, status, down and ch
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from . import config, netinfo, runtime, secrets
-from .errors import ConnectError, NodeErrors, OrchError
+from . import config, netinfo, runtime, runtime_api, secrets
+from .errors import CommandError, ConnectError, NodeErrors, OrchError
 from .inventory import Inventory
 from .playbook import Playbook, Profile
 from .plan import NodeNet, Plan, build_plan
 from .log import log
-from .remote import Host, Target, close_all, connect, connect_all
+from .remote import Host, Shell, Target, close_all, connect, connect_all
 from .secrets import Secrets
+from .snapshot import NodeLook, Snapshot
 
 T = TypeVar("T")
 
@@ -60,6 +62,10 @@ class Session:
     dep: Deployment
     hosts: dict[str, Host]
     unreachable: dict[str, BaseException] = field(default_factory=dict)
+    # kept per node while its connection lives: the runtime API's HTTP connection (None: not
+    # reachable, the CLI is used) and, for repeated looks, a long-lived shell
+    _apis: dict[str, runtime_api.RuntimeApi | None] = field(default_factory=dict)
+    _shells: dict[str, Shell] = field(default_factory=dict)
 
     @property
     def runtime(self) -> str:
@@ -85,16 +91,23 @@ class Session:
             if not getattr(exc, "transient", False):
                 raise
             log.warning("ssh connection lost, reconnecting", node=h.name, error=exc.message)
-            h.close()
+            self._forget(h)
             fresh = await connect(h.target)
             self.hosts[h.name] = fresh
             return await fn(fresh)
 
+    def _forget(self, h: Host) -> None:
+        """Drop a node's connection and everything kept on it."""
+        self._apis.pop(h.name, None)
+        shell = self._shells.pop(h.name, None)
+        if shell is not None:
+            shell.close()
+        h.close()
+
     async def nets(self, tolerant: bool = False) -> dict[str, NodeNet]:
         async def facts(h: Host) -> NodeNet:
-            r = await h.sh(netinfo.FACTS_SCRIPT, timeout=20)
             node = next(n for n in self.dep.inv.nodes if n.name == h.name)
-            return netinfo.resolve(node, netinfo.parse_facts(r.stdout))
+            return netinfo.resolve(node, netinfo.parse_facts(await self.facts(h)))
 
         out: dict[str, NodeNet] = {}
         errors = []
@@ -112,13 +125,75 @@ class Session:
         return self.dep.static_plan(await self.nets(tolerant))
 
     async def containers(self, h: Host, all_deployments: bool = False) -> list[runtime.Container]:
+        return runtime.parse_objects(await self.inspect_containers(h, all_deployments))
+
+    async def inspect_containers(self, h: Host, all_deployments: bool = False) -> list[dict[str, object]]:
+        """Inspect objects of this deployment's containers on the node (any orch deployment's
+        with all_deployments): through the runtime's API socket when the node lets orch reach
+        it, else with the CLI (`ps`, then `inspect`)."""
         dep = None if all_deployments else self.dep.inv.deployment
+        api = self._runtime_api(h)
+        if api is not None:
+            try:
+                return await api.inspect_all(dep, h.name)
+            except runtime_api.ApiUnavailable as exc:
+                log.info("runtime API not reachable, using the CLI", node=h.name, reason=str(exc))
+                self._apis[h.name] = None
         r = await h.run(runtime.ps_ids(self.runtime, dep, h.name), timeout=30)
         ids = r.stdout.split()
         if not ids:
             return []
         r = await h.run(runtime.inspect(self.runtime, ids), timeout=30)
-        return runtime.parse_inspect(r.stdout)
+        return json.loads(r.stdout or "[]")
+
+    def _runtime_api(self, h: Host) -> runtime_api.RuntimeApi | None:
+        if h.name not in self._apis:
+            sock = runtime_api.socket_path(self.runtime, self.dep.inv.runtime_socket)
+            self._apis[h.name] = runtime_api.RuntimeApi(h, sock) if sock else None
+        return self._apis[h.name]
+
+    async def facts(self, h: Host, kept: bool = False) -> str:
+        """The node's network facts (netinfo.FACTS_SCRIPT); `kept`: in a long-lived shell
+        (for repeated looks) instead of an SSH exec of its own."""
+        if not kept:
+            return (await h.sh(netinfo.FACTS_SCRIPT, timeout=20)).stdout
+        shell = self._shells.get(h.name)
+        if shell is None:
+            shell = self._shells[h.name] = Shell(h)
+        r = await shell.run(netinfo.FACTS_SCRIPT, timeout=20)
+        if not r.ok:
+            raise CommandError(h.name, ["sh", "-c", "(facts)"], r.rc, r.stdout)
+        return r.stdout
+
+    async def snapshot(self, kept: bool = False) -> Snapshot:
+        """Facts and containers of every reachable node, both at once on each node."""
+
+        async def look(h: Host) -> NodeLook:
+            facts, cs = await asyncio.gather(self.facts(h, kept), self.inspect_containers(h),
+                                             return_exceptions=True)
+            for r in (facts, cs):
+                if isinstance(r, ConnectError) and getattr(r, "transient", False):
+                    raise r  # the connection dropped: each() reconnects and looks again
+                if isinstance(r, BaseException) and not isinstance(r, Exception):
+                    raise r
+            out = NodeLook()
+            if isinstance(facts, BaseException):
+                out.facts_error = str(facts)
+            else:
+                out.facts = facts
+            if isinstance(cs, BaseException):
+                out.containers_error = str(cs)
+            else:
+                out.containers = cs
+            return out
+
+        snap = Snapshot(unreachable={k: str(v) for k, v in self.unreachable.items()})
+        for name, r in (await self.each(look)).items():
+            if isinstance(r, BaseException):
+                snap.unreachable[name] = str(r)
+            else:
+                snap.looks[name] = r
+        return snap
 
     async def remove(self, h: Host) -> list[str]:
         cs = await self.containers(h)
@@ -131,7 +206,8 @@ class Session:
         return secrets.mask(r.stdout)
 
     def close(self) -> None:
-        close_all(self.hosts)
+        for h in list(self.hosts.values()):
+            self._forget(h)
 
 
 def _combine(errors: list[BaseException]) -> OrchError:

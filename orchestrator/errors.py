@@ -8,13 +8,16 @@
     +-- RemoteError                something on a node went wrong
     |   +-- ConnectError           SSH could not connect / authenticate / verify host key
     |   +-- CommandError           a remote command exited non-zero
+    |   +-- ChannelRefused         the node's sshd would not open a channel (e.g. to a socket)
+    |   +-- RuntimeApiError        the container runtime's API answered with an error
     +-- DeployError                a deployment did not become (or stay) healthy
     |   +-- RankExited             a rank's container stopped during launch
     |   +-- ReadinessTimeout       the overall deadline passed
     +-- LockedError                another orch run holds the deployment lock
 
-Errors of the libraries underneath (asyncssh, httpx, pydantic) are translated in exactly one
-place each (`remote.py`, `probe.py`, `config.py`), with `raise ... from exc`.
+Errors of the libraries underneath (asyncssh, httpx, httpcore, pydantic) are translated in
+exactly one place each (`remote.py`, `probe.py`, `runtime_api.py`, `config.py`), with
+`raise ... from exc`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class CommandError(RemoteError):
         self.argv = argv
         self.rc = rc
         self.output = output
+
+
+class ChannelRefused(RemoteError):
+    """sshd refused to open a channel: forwarding disabled, socket missing or not permitted."""
+
+
+class RuntimeApiError(RemoteError):
+    pass
 
 
 class DeployError(OrchError):

@@ -44,6 +44,11 @@ class SSHOptions(Strict):
     )
     jump: str | None = Field(None, description="jump host, [user@]host[:port]")
     config: str | None = Field(None, description="ssh config file (default ~/.ssh/config)")
+    persist: int = Field(
+        120, ge=0, le=86400,
+        description="seconds a background keeper holds the SSH connections open after "
+        "`orch status` so that the next one reuses them (like OpenSSH's ControlPersist); 0: never",
+    )
 
 
 class Node(Strict):
@@ -150,6 +155,12 @@ class Inventory(Strict):
     deployment: str = Field(pattern=NAME_RE, description="deployment name (container names)")
     playbook: str = Field(min_length=1, description="playbook name in playbooks/, or a path")
     runtime: Literal["docker", "podman"] = "docker"
+    runtime_socket: str | None = Field(
+        None, pattern=r"^(off|/[^\s]+)$",
+        description="the runtime's API socket on the nodes, read through SSH to list containers "
+        "without running the CLI (default /var/run/docker.sock, podman: /run/podman/podman.sock); "
+        "off: always the CLI",
+    )
     image: str = Field(min_length=1, pattern=r"^[^\s-][^\s]*$")
     model: Model
     ssh: SSHOptions = SSHOptions()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .errors import CommandError, ConnectError
+from .errors import ChannelRefused, CommandError, ConnectError
 from .inventory import Inventory, Node
 from .retry import policy
 
@@ -125,12 +126,82 @@ class Host:
         """Run a fixed script (orch's own text, never inventory values) with sh -c."""
         return await self.run(["sh", "-c", script], **kw)  # type: ignore[arg-type]
 
+    async def open_unix(self, path: str, timeout: float = 10) -> tuple[asyncssh.SSHReader[bytes],
+                                                                         asyncssh.SSHWriter[bytes]]:
+        """A byte stream to a UNIX socket on the node (sshd's direct-streamlocal channel): no
+        process is started there.  ChannelRefused when sshd will not (forwarding disabled,
+        no such socket, not permitted)."""
+        try:
+            return await asyncio.wait_for(self._conn.open_unix_connection(path), timeout)
+        except asyncssh.ChannelOpenError as exc:
+            raise ChannelRefused(self.name, f"sshd did not open {path}: {exc.reason}") from exc
+        except asyncio.TimeoutError as exc:
+            raise ChannelRefused(self.name, f"sshd did not open {path} within {timeout:.0f}s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            err = ConnectError(self.name, f"connection lost while opening {path}: {exc}")
+            err.transient = True  # type: ignore[attr-defined]
+            raise err from exc
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.is_closed()
+
     def close(self) -> None:
         self._conn.close()
 
     async def aclose(self) -> None:
         self._conn.close()
         await self._conn.wait_closed()
+
+
+class Shell:
+    """A long-lived `sh` on a node that runs orch's fixed scripts one after another: no new SSH
+    session, login shell or rc files per script (what makes a repeated look at many nodes
+    cheap).  The same rule as `Host.sh`: only orch's own text is written to it, never
+    inventory values.  A script that times out costs the shell; the next call starts another."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._proc: asyncssh.SSHClientProcess[str] | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, script: str, timeout: float = 20) -> Result:
+        marker = f"__orch_done_{secrets.token_hex(8)}__"
+        # stdin of the script is /dev/null: nothing in it can eat the shell's own input
+        framed = f"{{\n{script}\n}} </dev/null 2>&1; echo; echo {marker} $?\n"
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._run(framed, marker), timeout)
+            except asyncio.TimeoutError as exc:
+                self.close()
+                raise CommandError(self.host.name, ["sh", "(kept)"], None,
+                                   f"timed out after {timeout:.0f}s") from exc
+            except (asyncssh.Error, OSError, EOFError) as exc:
+                self.close()
+                err = ConnectError(self.host.name, f"connection lost in the kept shell: {exc}")
+                err.transient = True  # type: ignore[attr-defined]
+                raise err from exc
+
+    async def _run(self, framed: str, marker: str) -> Result:
+        if self._proc is None:
+            self._proc = await self.host._conn.create_process("sh", stderr=asyncssh.STDOUT)
+        self._proc.stdin.write(framed)
+        lines = []
+        while True:
+            line = await self._proc.stdout.readline()
+            if not line:
+                raise EOFError("the shell exited")
+            if line.startswith(marker):
+                rc = int(line.split()[1])
+                break
+            lines.append(line)
+        out = "".join(lines)
+        return Result(rc, out[:-1] if out.endswith("\n") else out, "")
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
 
 
 def _text(v: object) -> str:
@@ -154,6 +225,18 @@ def _known_hosts_data(t: Target) -> bytes:
     if t.known_hosts and not Path(_expand(t.known_hosts) or "").is_file():
         raise ConnectError(t.node, f"known_hosts file {t.known_hosts} does not exist")
     return b"".join(p.read_bytes() + b"\n" for p in known_hosts_files(t) if p.is_file())
+
+
+_parsed_known_hosts: dict[bytes, asyncssh.SSHKnownHosts] = {}
+
+
+def _known_hosts(data: bytes) -> asyncssh.SSHKnownHosts:
+    """The parsed known_hosts, once per content: every node's connection shares one file, and
+    parsing it per connection made connecting to N nodes cost O(N^2)."""
+    kh = _parsed_known_hosts.get(data)
+    if kh is None:
+        kh = _parsed_known_hosts[data] = asyncssh.import_known_hosts(data.decode(errors="replace"))
+    return kh
 
 
 def _host_pattern(host: str, port: int | None) -> str:
@@ -196,7 +279,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
         opts["tunnel"] = t.jump
     data = _known_hosts_data(t)
     try:
-        return await asyncssh.connect(t.host, known_hosts=data, **opts)  # type: ignore[arg-type]
+        return await asyncssh.connect(t.host, known_hosts=_known_hosts(data), **opts)  # type: ignore[arg-type]
     except asyncssh.HostKeyNotVerifiable as exc:
         seen = await _fingerprint(t, opts)
         fp = seen[0] if seen else "unknown"
@@ -211,7 +294,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
             ) from exc
         if t.accept_new and seen:
             _remember_host_key(seen[1])
-            return await asyncssh.connect(t.host, known_hosts=_known_hosts_data(t), **opts)  # type: ignore[arg-type]
+            return await asyncssh.connect(t.host, known_hosts=_known_hosts(_known_hosts_data(t)), **opts)  # type: ignore[arg-type]
         raise ConnectError(
             t.node,
             f"host key of {t.host} is unknown ({fp}); verify it and add it to {files}, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from .plan import LABEL_DEPLOYMENT, LABEL_NODE, LABEL_SPEC
 
@@ -94,7 +95,12 @@ def parse_time(v: object) -> datetime | None:
 
 
 def parse_inspect(text: str) -> list[Container]:
-    data = json.loads(text or "[]")
+    """`docker inspect` / `podman inspect` output."""
+    return parse_objects(json.loads(text or "[]"))
+
+
+def parse_objects(data: list[dict[str, Any]]) -> list[Container]:
+    """Inspect objects, from the CLI or from the runtime's API (the same shape)."""
     out = []
     for c in data:
         state = c.get("State") or {}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from .cluster import Session
+from .cluster import Deployment
 from .plan import Plan
+from .snapshot import Snapshot
 from .health import group_probe, parse_metrics
 from .probe import Api, ProbeError
 from .runtime import Container
@@ -46,6 +47,7 @@ class Status:
     nodes: list[NodeStatus] = field(default_factory=list)
     group_ok: bool | None = None  # None: not probed
     group_reason: str = "not probed"
+    via: str = ""  # how the nodes were reached (fresh connections, or a keeper's)
 
     @property
     def healthy(self) -> bool:
@@ -81,21 +83,20 @@ def node_status(name: str, role: str, expected: str, cs: list[Container], now: d
     return ns
 
 
-async def status(s: Session, plan: Plan, api_key: str | None = None, probe: bool = True) -> Status:
-    """Container state per node, the API's readiness, per-rank metrics and (with `probe`) a
-    whole-group check with real requests."""
+async def status(snap: Snapshot, plan: Plan, api_key: str | None = None, probe: bool = True) -> Status:
+    """Container state per node (from the snapshot), the API's readiness, per-rank metrics and
+    (with `probe`) a whole-group check with real requests."""
     now = datetime.now(timezone.utc)
-    found = await s.each(s.containers)
     nodes = []
     for spec in plan.nodes:
-        if spec.name not in s.hosts:
-            err = s.unreachable.get(spec.name)
-            nodes.append(NodeStatus(spec.name, spec.role, False, state="unreachable", error=str(err),
+        if spec.name not in snap.looks:
+            err = snap.unreachable.get(spec.name, "not connected")
+            nodes.append(NodeStatus(spec.name, spec.role, False, state="unreachable", error=err,
                                     expected_hash=spec.spec_hash))
             continue
-        r = found[spec.name]
-        if isinstance(r, BaseException):
-            nodes.append(NodeStatus(spec.name, spec.role, True, state="unknown", error=str(r),
+        r = snap.containers(spec.name)
+        if isinstance(r, str):
+            nodes.append(NodeStatus(spec.name, spec.role, True, state="unknown", error=r,
                                     expected_hash=spec.spec_hash))
         else:
             nodes.append(node_status(spec.name, spec.role, spec.spec_hash, r, now))
@@ -104,7 +105,7 @@ async def status(s: Session, plan: Plan, api_key: str | None = None, probe: bool
     async with Api(plan.api_url, api_key, timeout=5) as api:
         st = await api.state(plan.served_name)
         out = Status(plan.deployment, plan.api_url, plan.served_name, st.ready, st.reason, st.models,
-                     st.version, nodes)
+                     st.version, nodes, via=snap.via)
         if st.ready:
             if probe and all(n.state == "running" for n in nodes):
                 g = await group_probe(api, plan.served_name, plan.dp_size)
@@ -116,3 +117,9 @@ async def status(s: Session, plan: Plan, api_key: str | None = None, probe: bool
             for n in nodes:
                 n.metrics = {r: per_engine[r] for r in n.ranks if r in per_engine}
     return out
+
+
+async def deployment_status(dep: Deployment, snap: Snapshot, probe: bool = True) -> Status:
+    """`orch status` of a deployment from one snapshot of its nodes (the plan uses the NICs/IPs
+    the snapshot saw)."""
+    return await status(snap, dep.static_plan(snap.nets(dep.inv)), dep.api_key, probe)

@@ -138,6 +138,8 @@ class Lab:
         model.ensure_model(progress)
         with progress.phase(f"{hosts} hosts (netns, veth, sshd)"):
             self._make_hosts(state, hosts)
+        if runtime == "podman":
+            R.ensure_podman_service(state, progress, H.containers_conf())
         self._apply_faults(faults)
         write_inventory(self.inventory_path, state.hosts, runtime)
         state.status = "up"
@@ -169,6 +171,8 @@ class Lab:
         ok = all(all(H.host_status(h).values()) for h in state.hosts)
         if state.runtime == "docker":
             ok = ok and all(R.pause_running(h) for h in state.hosts)
+        if state.runtime == "podman":
+            ok = ok and R.socket_answers(R.PODMAN_SOCKET)
         return ok and len(state.hosts) == state.n_hosts
 
     def down(self, *, quiet: bool = False) -> list[str]:
@@ -191,6 +195,7 @@ class Lab:
             problems += H.remove_host(h)
         problems += H.remove_bridge(state)
         problems += R.stop_dockerd(state)
+        problems += R.stop_podman_service(state)
         if problems:
             state.save()
             for p in problems:
@@ -212,7 +217,8 @@ class Lab:
             "up": st.status == "up", "status": st.status, "runtime": st.runtime,
             "bridge": Path(f"/sys/class/net/{BRIDGE}").exists(),
             "forward_rule": run(["iptables", "-C", *FORWARD_RULE], check=False).returncode == 0,
-            "dockerd_pid": st.dockerd_pid, "inventory": str(self.inventory_path),
+            "dockerd_pid": st.dockerd_pid, "podman_service_pid": st.podman_service_pid,
+            "inventory": str(self.inventory_path),
             "timings": st.timings, "hosts": [],
         }
         for h in st.hosts:

@@ -73,6 +73,58 @@ def stop_dockerd(state: LabState) -> list[str]:
     return [] if ok else [f"dockerd {pid} did not exit"]
 
 
+PODMAN_SOCKET = "/run/podman/podman.sock"  # orch's default for podman (runtime_api.py)
+
+
+def socket_answers(path: str) -> bool:
+    """Whether a docker-compatible API answers /_ping on this UNIX socket."""
+    import httpx
+
+    if not Path(path).exists():
+        return False
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=5) as c:
+            return c.get("http://localhost/_ping").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_podman_service(state: LabState, progress: Progress, conf: Path) -> None:
+    """podman's API service on its default socket, as `systemctl enable --now podman.socket`
+    gives a real podman host: orch reads container state through it (over SSH).  One service
+    serves every lab host (they share the machine's podman storage).  Started detached unless
+    one answers already; its PID is recorded only when the lab started it."""
+    if socket_answers(PODMAN_SOCKET):
+        return
+    Path(PODMAN_SOCKET).parent.mkdir(parents=True, exist_ok=True)
+    Path(PODMAN_SOCKET).unlink(missing_ok=True)
+    log = lab_dir() / "podman-service.log"
+    out = run(["sh", "-c", 'CONTAINERS_CONF="$2" setsid podman system service --time=0 "unix://$3" '
+               '>>"$1" 2>&1 </dev/null & echo $!', "sh", str(log), str(conf), PODMAN_SOCKET])
+    state.podman_service_pid = int(out.stdout.strip())
+    state.save()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not pid_alive(state.podman_service_pid):
+            raise LabError(f"podman system service exited at start; see {log}")
+        if socket_answers(PODMAN_SOCKET):
+            progress.say(f"started podman's API service (pid {state.podman_service_pid}, "
+                         f"{PODMAN_SOCKET})")
+            return
+        time.sleep(0.2)
+    raise LabError(f"podman system service did not answer on {PODMAN_SOCKET} within 30 s; see {log}")
+
+
+def stop_podman_service(state: LabState) -> list[str]:
+    if not state.podman_service_pid:
+        return []
+    pid, state.podman_service_pid = state.podman_service_pid, None
+    if not stop_pid(pid, expect_in_cmdline="podman", timeout=30):
+        return [f"podman system service {pid} did not exit"]
+    Path(PODMAN_SOCKET).unlink(missing_ok=True)
+    return []
+
+
 def pause_name(host: LabHost) -> str:
     return f"orchlab-pause-{host.name}"
 

@@ -50,6 +50,7 @@ class LabState:
     dockerd_pid: int | None = None    # only when the lab started dockerd
     dockerd_log: str | None = None
     forward_policy: str | None = None  # FORWARD policy before the lab's dockerd (restored)
+    podman_service_pid: int | None = None  # podman's API service, only when the lab started it
     timings: dict[str, float] = field(default_factory=dict)
 
     @staticmethod

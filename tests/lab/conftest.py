@@ -70,8 +70,13 @@ class Orch:
 
 
 @pytest.fixture
-def orch(tmp_path: Path) -> Orch:
-    return Orch(tmp_path / "state")
+def orch(tmp_path: Path) -> Iterator[Orch]:
+    o = Orch(tmp_path / "state")
+    yield o
+    from orchestrator import keeper
+
+    keeper.stop(base=o.state_dir)  # the keepers its `orch status` calls left (by recorded PID)
+    assert keeper.running(base=o.state_dir) == []
 
 
 def containers(lab: object, label: str = "orch.deployment") -> dict[str, list[dict]]:

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import config
 from orchestrator.cluster import Deployment, Session
-from orchestrator.errors import RankExited
+from orchestrator.errors import ChannelRefused, RankExited
 from orchestrator.inventory import Inventory
 from orchestrator.remote import Result
 from orchestrator.topologies import pd as pd_mod
@@ -36,6 +36,9 @@ class World:
 class FakeHost:
     def __init__(self, name: str, world: World) -> None:
         self.name, self.world = name, world
+
+    async def open_unix(self, path, timeout=10):  # type: ignore[no-untyped-def]
+        raise ChannelRefused(self.name, f"no {path} here: the CLI fallback is what this fakes")
 
     async def run(self, argv, *, timeout=120, check=True, merge=False, input=None):  # type: ignore[no-untyped-def]
         w = self.world
