@@ -128,23 +128,26 @@ class Session:
         return runtime.parse_objects(await self.inspect_containers(h, all_deployments))
 
     async def inspect_containers(self, h: Host, all_deployments: bool = False) -> list[dict[str, object]]:
+        return (await self._inspect(h, all_deployments))[0]
+
+    async def _inspect(self, h: Host, all_deployments: bool = False) -> tuple[list[dict[str, object]], str]:
         """Inspect objects of this deployment's containers on the node (any orch deployment's
-        with all_deployments): through the runtime's API socket when the node lets orch reach
-        it, else with the CLI (`ps`, then `inspect`)."""
+        with all_deployments), and how they were read: "api" through the runtime's API socket
+        when the node lets orch reach it, else "cli" (`ps`, then `inspect`)."""
         dep = None if all_deployments else self.dep.inv.deployment
         api = self._runtime_api(h)
         if api is not None:
             try:
-                return await api.inspect_all(dep, h.name)
+                return await api.inspect_all(dep, h.name), "api"
             except runtime_api.ApiUnavailable as exc:
                 log.info("runtime API not reachable, using the CLI", node=h.name, reason=str(exc))
                 self._apis[h.name] = None
         r = await h.run(runtime.ps_ids(self.runtime, dep, h.name), timeout=30)
         ids = r.stdout.split()
         if not ids:
-            return []
+            return [], "cli"
         r = await h.run(runtime.inspect(self.runtime, ids), timeout=30)
-        return json.loads(r.stdout or "[]")
+        return json.loads(r.stdout or "[]"), "cli"
 
     def _runtime_api(self, h: Host) -> runtime_api.RuntimeApi | None:
         if h.name not in self._apis:
@@ -169,7 +172,7 @@ class Session:
         """Facts and containers of every reachable node, both at once on each node."""
 
         async def look(h: Host) -> NodeLook:
-            facts, cs = await asyncio.gather(self.facts(h, kept), self.inspect_containers(h),
+            facts, cs = await asyncio.gather(self.facts(h, kept), self._inspect(h),
                                              return_exceptions=True)
             for r in (facts, cs):
                 if isinstance(r, ConnectError) and getattr(r, "transient", False):
@@ -184,7 +187,7 @@ class Session:
             if isinstance(cs, BaseException):
                 out.containers_error = str(cs)
             else:
-                out.containers = cs
+                out.containers, out.containers_via = cs
             return out
 
         snap = Snapshot(unreachable={k: str(v) for k, v in self.unreachable.items()})

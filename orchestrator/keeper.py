@@ -268,8 +268,9 @@ async def serve(inventory: Path, idle_s: float) -> int:
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     sock_path.unlink(missing_ok=True)  # left by a keeper that was killed
-    os.umask(0o077)
+    os.umask(0o077)  # the socket is private from its first moment
     server = await asyncio.start_unix_server(k.handle, path=str(sock_path))
+    sock_path.chmod(0o600)
     pid_path.write_text(json.dumps({"pid": os.getpid(), "deployment": dep.inv.deployment,
                                     "inventory": str(inventory), "nodes": sorted(s.hosts)}))
     log.info("keeping connections", deployment=dep.inv.deployment, nodes=len(s.hosts),

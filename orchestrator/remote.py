@@ -168,7 +168,7 @@ class Shell:
     async def run(self, script: str, timeout: float = 20) -> Result:
         marker = f"__orch_done_{secrets.token_hex(8)}__"
         # stdin of the script is /dev/null: nothing in it can eat the shell's own input
-        framed = f"{{\n{script}\n}} </dev/null 2>&1; echo; echo {marker} $?\n"
+        framed = f"{{\n{script}\n}} </dev/null 2>&1; __orch_rc=$?; echo; echo {marker} $__orch_rc\n"
         async with self._lock:
             try:
                 return await asyncio.wait_for(self._run(framed, marker), timeout)

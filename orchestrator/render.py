@@ -90,3 +90,6 @@ def print_status(st: Status) -> None:
         console.print(f"ranks: {'[green]' if st.group_ok else '[red]'}{st.group_reason}[/]")
     verdict = "[green]healthy[/]" if st.healthy else "[red]unhealthy[/]"
     console.print(f"deployment: {verdict}" + (" [yellow](drift: the inventory changed)[/]" if st.drift else ""))
+    cli = [n.name for n in st.nodes if n.containers_via == "cli"]
+    note = f"; container state read with the CLI on {', '.join(cli)} (runtime socket not reachable)" if cli else ""
+    console.print(f"[dim]nodes reached through {st.via}{note}[/]", highlight=False)

@@ -117,6 +117,7 @@ class RuntimeApi:
             raise RuntimeApiError(self.host.name, f"{self.socket}: no answer within "
                                   f"{self.timeout:.0f}s to GET {path}") from exc
         if r.status == 404 and path.startswith("/containers/json"):
+            await self.aclose()
             raise ApiUnavailable(f"{self.socket} answers 404 to the container list: not a "
                                  "docker-compatible API")
         if r.status != 200:

@@ -24,6 +24,7 @@ class NodeLook:
     facts_error: str | None = None
     containers: list[dict[str, Any]] | None = None  # inspect objects
     containers_error: str | None = None
+    containers_via: str | None = None  # "api" (the runtime's socket) or "cli"
 
 
 @dataclass

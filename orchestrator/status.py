@@ -27,6 +27,7 @@ class NodeStatus:
     drift: bool = False
     extra_containers: int = 0
     error: str | None = None
+    containers_via: str | None = None  # how the runtime was asked: "api" (its socket) or "cli"
     ranks: list[int] = field(default_factory=list)
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # engine -> figures
 
@@ -100,6 +101,7 @@ async def status(snap: Snapshot, plan: Plan, api_key: str | None = None, probe: 
                                     expected_hash=spec.spec_hash))
         else:
             nodes.append(node_status(spec.name, spec.role, spec.spec_hash, r, now))
+        nodes[-1].containers_via = snap.looks[spec.name].containers_via
     for n, spec in zip(nodes, plan.nodes):
         n.ranks = list(range(spec.rank_start, spec.rank_start + spec.dp_local))
     async with Api(plan.api_url, api_key, timeout=5) as api:

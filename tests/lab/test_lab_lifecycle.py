@@ -121,6 +121,10 @@ def test_up_then_down_leaves_nothing(runtime: str) -> None:
 
         state = LabState.load()
         assert state is not None
+        if runtime == "podman":  # podman's API service answers, as podman.socket would
+            from orchestrator.lab.runtime_shims import PODMAN_SOCKET, socket_answers
+
+            assert socket_answers(PODMAN_SOCKET)
         pause_ids = []
         if runtime == "docker":
             for h in state.hosts:
@@ -142,6 +146,8 @@ def test_up_then_down_leaves_nothing(runtime: str) -> None:
         assert not pid_alive(h.sshd_pid), f"sshd {h.sshd_pid} of {h.name} still runs"
     if state.dockerd_pid:
         assert not pid_alive(state.dockerd_pid), "the lab's dockerd still runs"
+    if state.podman_service_pid:
+        assert not pid_alive(state.podman_service_pid), "the lab's podman API service still runs"
     if runtime == "podman":
         r = subprocess.run(["podman", "container", "exists", probe], capture_output=True)
         assert r.returncode == 1, f"probe container {probe[:12]} survived lab down"

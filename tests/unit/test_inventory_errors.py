@@ -55,6 +55,9 @@ def edited(**changes) -> dict:
         ({"overrides__mounts": ["relative:/x"]}, "is not /host/path:/container/path"),
         ({"model__path": "--evil"}, "must not start with '-'"),
         ({"nodes__0__host": "-oProxyCommand=x"}, "nodes[0] (node0).host"),
+        ({"runtime_socket": "docker.sock"}, "runtime_socket"),
+        ({"runtime_socket": "/run/a b.sock"}, "runtime_socket"),
+        ({"ssh__persist": -1}, "ssh.persist"),
     ],
 )
 def test_invalid_inventory_names_file_and_field(tmp_path, changes, needle):
