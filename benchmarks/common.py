@@ -246,12 +246,15 @@ def podman(lab, *args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 def inventory(lab, n: int, deployment: str, dp: int | None = None, path: Path | None = None,
-              playbook: str = "cpu-lab-dp") -> Path:  # type: ignore[no-untyped-def]
-    """An inventory over the first n lab hosts; data parallel = dp (default n)."""
+              playbook: str = "cpu-lab-dp", persist: int | None = None) -> Path:  # type: ignore[no-untyped-def]
+    """An inventory over the first n lab hosts; data parallel = dp (default n); `persist`:
+    its ssh.persist (default: orch's)."""
     from orchestrator.lab.inventory import render_inventory
 
     text = render_inventory(lab.hosts, lab.runtime, nodes=n, deployment=deployment,
                             playbook=playbook)
+    if persist is not None:
+        text = text.replace("\nssh:\n", f"\nssh:\n  persist: {persist}\n", 1)
     dp = n if dp is None else dp
     if dp != 2 or playbook != "cpu-lab-dp":
         text += f"overrides:\n  data_parallel: {dp}\n"
@@ -305,6 +308,28 @@ def publish(key: str, markdown: str, write: bool = True) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOCS.write_text(text if text.endswith("\n") else text + "\n")
     say(f"wrote section {key} in {DOCS.relative_to(ROOT)}")
+
+
+def wait_keeper(inv: Path, env: dict[str, str], timeout: float = 120) -> None:
+    """Wait until the keeper of this inventory answers (started by a plain `orch status`)."""
+    code = ("import asyncio,sys; from pathlib import Path; from orchestrator import keeper; "
+            "from orchestrator.cluster import Deployment; "
+            "sys.exit(asyncio.run(keeper.snapshot(Deployment.load(Path(sys.argv[1])))) is None)")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if subprocess.run([PY, "-c", code, str(inv)], env=env, cwd=ROOT).returncode == 0:
+            return
+        time.sleep(1)
+    raise SystemExit(f"no keeper answers for {inv}")
+
+
+def stop_keepers() -> None:
+    """End the keepers the benchmark's `orch status` runs left (by their recorded PIDs)."""
+    from orchestrator import keeper
+
+    pids = keeper.stop(base=STATE_DIR)
+    if pids:
+        say(f"stopped keepers {pids}")
 
 
 def dump(name: str, data: object) -> Path:

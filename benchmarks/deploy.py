@@ -164,7 +164,8 @@ def cycles(a, lab, inv, env, rank, head, do_up) -> None:  # type: ignore[no-unty
             t_kill = time.time()
             if cp.returncode != 0:
                 raise SystemExit(f"podman kill: {cp.stderr}")
-            one = C.timed(C.orch_argv("status", str(inv), "--no-requests", "--json"), env=env)
+            one = C.timed(C.orch_argv("status", str(inv), "--no-requests", "--json", "--fresh"),
+                          env=env)
             st = json.loads(one.stdout)
             one_state = next(n["state"] for n in st["nodes"] if n["name"] == rank["name"])
             detected = None
@@ -226,7 +227,7 @@ def tables(a, cmd, ups, deaths, shells) -> None:  # type: ignore[no-untyped-def]
            "- death: `podman kill` of h1's container; watch = the `orch status --watch "
            f"{a.interval:g}` loop (benchmarks/watch.py) already running, first pass that "
            "reports h1 not running, from the kill's return; one-shot = `orch status INV "
-           "--no-requests --json` started right after the kill (runs concurrently with the "
+           "--no-requests --json --fresh` (new connections, as with no keeper) started right after the kill (runs concurrently with the "
            "watch loop), its whole wall time\n\n")
     rows = [
         ["launch -> head \"Application startup complete\"", len(boot), C.med(boot), C.spread(boot)],

@@ -19,6 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as C  # noqa: E402
 
+KEEP_S = 900  # ssh.persist of the benchmark's inventories: keepers outlive a repetition
+
+
+CONNS = ("kept", "fresh")  # through the deployment's keeper / `--fresh` (new connections)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -39,44 +44,56 @@ def main() -> None:
         raise SystemExit(f"--shells: {C.SHELL_MODES}")
     cmd = C.this_command()
     lab = C.lab_up(max(sizes))
-    invs = {n: C.inventory(lab, n, f"bench-fanout-{n}") for n in sizes}
+    invs = {n: C.inventory(lab, n, f"bench-fanout-{n}", persist=KEEP_S) for n in sizes}
     env = C.orch_env()
     check_cmd = "orch check INV"
 
     def check_argv(inv: Path) -> list[str]:
         return C.orch_argv("check", str(inv))
 
-    def status_argv(n: int) -> list[str]:
-        return C.orch_argv("status", str(invs[n]), "--no-requests", "--json")
+    def status_argv(n: int, conn: str) -> list[str]:
+        extra = ["--fresh"] if conn == "fresh" else []
+        return C.orch_argv("status", str(invs[n]), "--no-requests", "--json", *extra)
+
+    def status(n: int, conn: str) -> C.Run:
+        r = C.timed(status_argv(n, conn), env=env)
+        st = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        bad = [x["name"] for x in st.get("nodes", []) if not x.get("reachable")]
+        if not st or bad:
+            raise SystemExit(f"status on {n} hosts: rc {r.rc}, unreachable {bad}: {r.stderr[-400:]}")
+        kept = st["via"].startswith("kept connections")
+        if kept != (conn == "kept") or any(x["containers_via"] != "api" for x in st["nodes"]):
+            raise SystemExit(f"status on {n} hosts ({conn}) went through {st['via']}, "
+                             f"containers via {sorted({x['containers_via'] for x in st['nodes']})}")
+        return r
 
     raw: dict[str, dict[str, dict[int, list[C.Run]]]] = {
-        m: {"status": {n: [] for n in sizes}, "check": {n: [] for n in sizes}} for m in shells}
+        m: {k: {n: [] for n in sizes} for k in (*CONNS, "check")} for m in shells}
     imports: list[C.Run] = []
     stale = 0
     try:
-        for m in shells:  # warm-up: host keys, page cache, podman storage
-            C.set_shell(lab, m)
+        for m in shells:  # warm-up: host keys, page cache, podman storage; a plain status
+            C.set_shell(lab, m)  # over fresh connections starts each inventory's keeper
             for n in sizes:
-                C.timed(status_argv(n), env=env)
+                C.timed(status_argv(n, "kept"), env=env)
                 stale += C.pyenv_stale_lock()
+        for n in sizes:
+            C.wait_keeper(invs[n], env)
         for rep in range(a.reps):
             C.say(f"fan-out repetition {rep + 1}/{a.reps}")
             imports.append(C.timed([C.PY, "-c", "import orchestrator.cli"], env=env))
             for m in shells:
                 C.set_shell(lab, m)
                 for n in sizes:
-                    r = C.timed(status_argv(n), env=env)
-                    st = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
-                    bad = [x["name"] for x in st.get("nodes", []) if not x.get("reachable")]
-                    if not st or bad:
-                        raise SystemExit(f"status on {n} hosts: rc {r.rc}, unreachable {bad}: "
-                                         f"{r.stderr[-400:]}")
-                    raw[m]["status"][n].append(r)
-                    msg = f"  {m:>5} {n:>3} hosts: status {r.wall:.2f}s"
+                    msg = f"  {m:>5} {n:>3} hosts:"
+                    for conn in CONNS:
+                        r = status(n, conn)
+                        raw[m][conn][n].append(r)
+                        msg += f" status {conn} {r.wall:.2f}s,"
                     if m in check_shells:
                         r = C.timed(check_argv(invs[n]), env=env)
                         raw[m]["check"][n].append(r)
-                        msg += f", check {r.wall:.2f}s (rc {r.rc})"
+                        msg += f" check {r.wall:.2f}s (rc {r.rc})"
                     stale += C.pyenv_stale_lock()
                     C.say(msg)
 
@@ -95,6 +112,7 @@ def main() -> None:
                 stale += C.pyenv_stale_lock()
     finally:
         C.set_shell(lab, "as-is")
+        C.stop_keepers()
 
     def jr(x: C.Run) -> dict:
         return vars(x) | {"stdout": x.stdout[-2000:], "stderr": x.stderr[-2000:]}
@@ -109,57 +127,66 @@ def main() -> None:
     base = 4 if 4 in sizes else sizes[0]
     big = max(sizes)
     imp = C.med([x.wall for x in imports])
+
+    def medians(m: str, k: str) -> dict[int, float]:
+        return {n: C.med([x.wall for x in raw[m][k][n]]) for n in sizes}
+
     md = C.header("orch status and orch check vs number of hosts", cmd)
-    md += (f"- lab: {len(lab.hosts)} hosts (podman), inventories over the first N hosts, playbook "
-           f"cpu-lab-dp with `overrides: {{data_parallel: N}}`, nothing deployed\n"
-           f"- status: `orch status INV --no-requests --json` (exit 1: nothing runs); check: "
-           f"`{check_cmd}`; medians of {a.reps} runs, sizes and shell modes interleaved per "
-           f"run, after one warm-up\n"
+    md += (f"- lab: {len(lab.hosts)} hosts (podman, its API service on /run/podman/podman.sock), "
+           f"inventories over the first N hosts, playbook cpu-lab-dp with `overrides: "
+           f"{{data_parallel: N}}`, `ssh: {{persist: {KEEP_S}}}`, nothing deployed\n"
+           f"- status: `orch status INV --no-requests --json` (exit 1: nothing runs): **kept** = "
+           f"through the deployment's keeper (started by the warm-up run; every run checked to "
+           f"say `kept connections`), **fresh** = the same with `--fresh` (new SSH connections, "
+           f"no keeper); every run checked to read containers through the runtime's API socket; "
+           f"check: `{check_cmd}`; medians of {a.reps} runs, sizes, shell modes and kept/fresh "
+           f"interleaved per run, after one warm-up\n"
            f"- shell modes: **norc** = the lab's ssh sessions get SHLVL=1, so root's login "
            f"shell (bash) skips ~/.bashrc; **as-is** = the lab as `orch lab up` makes it: every "
            f"exec runs this machine's root ~/.bashrc, whose `pyenv init` runs `pyenv rehash` "
-           f"(~0.3 s CPU, under a lock file all lab hosts share)\n"
-           f"- orch CPU = user+sys of the orch process; machine CPU = busy CPU seconds of the "
-           f"whole machine during the run (sshd, shells, ip, podman of the lab hosts run on "
-           f"the same {__import__('os').cpu_count()} cores)\n"
+           f"(~0.3 s CPU, under a lock file all lab hosts share); the keeper's long-lived shells "
+           f"paid it once, when they started\n"
+           f"- orch CPU = user+sys of the orch command (not of the keeper, a process of its "
+           f"own); machine CPU = busy CPU seconds of the whole machine during the run (the "
+           f"keeper, sshd, shells, ip, the runtime of the lab hosts run on the same "
+           f"{__import__('os').cpu_count()} cores)\n"
            f"- `python -c 'import orchestrator.cli'` alone: median {imp:.2f}s\n")
     if stale:
         md += f"- stale pyenv rehash locks removed during the run: {stale}\n"
     for m in shells:
-        sm = {n: C.med([x.wall for x in raw[m]["status"][n]]) for n in sizes}
-        has_check = m in check_shells
-        cm = {n: C.med([x.wall for x in raw[m]["check"][n]]) for n in sizes} if has_check else {}
-        md += f"- **{m}: status@{big} / status@{base} = {sm[big] / sm[base]:.2f}**"
-        if has_check:
-            md += f"; check@{big} / check@{base} = {cm[big] / cm[base]:.2f}"
-        md += "\n"
+        parts = []
+        for k in (*CONNS, *(("check",) if m in check_shells else ())):
+            med = medians(m, k)
+            parts.append(f"{'status ' + k if k != 'check' else 'check'}@{big} / @{base} = "
+                         f"{med[big] / med[base]:.2f}")
+        md += f"- **{m}: " + "; ".join(parts) + "**\n"
     for m in shells:
-        sm = {n: C.med([x.wall for x in raw[m]["status"][n]]) for n in sizes}
-        has_check = m in check_shells
         rows = []
         for n in sizes:
-            s_ = raw[m]["status"][n]
-            row = [n, f"{sm[n]:.2f} ({C.spread([x.wall for x in s_])})",
-                   f"{sm[n] / sm[base]:.2f}", C.med([x.cpu for x in s_]),
-                   C.med([x.machine_cpu for x in s_])]
-            if has_check:
-                c = raw[m]["check"][n]
-                cmed = C.med([x.wall for x in c])
-                cbase = C.med([x.wall for x in raw[m]["check"][base]])
-                row += [f"{cmed:.2f} ({C.spread([x.wall for x in c])})", f"{cmed / cbase:.2f}",
-                        C.med([x.cpu for x in c]), C.med([x.machine_cpu for x in c]),
-                        "/".join(sorted({str(x.rc) for x in c}))]
+            row: list[object] = [n]
+            for k in (*CONNS, *(("check",) if m in check_shells else ())):
+                runs = raw[m][k][n]
+                med = medians(m, k)
+                row += [f"{med[n]:.2f} ({C.spread([x.wall for x in runs])})", f"{med[n] / med[base]:.2f}",
+                        C.med([x.cpu for x in runs]), C.med([x.machine_cpu for x in runs])]
+                if k == "check":
+                    row.append("/".join(sorted({str(x.rc) for x in runs})))
             rows.append(row)
-        hdr = ["hosts", "status s (min-max)", f"/ status@{base}", "orch CPU s", "machine CPU s"]
-        if has_check:
-            hdr += ["check s (min-max)", f"/ check@{base}", "orch CPU s", "machine CPU s",
-                    "check exit"]
+        hdr = ["hosts"]
+        for k in (*CONNS, *(("check",) if m in check_shells else ())):
+            name = f"status {k}" if k != "check" else "check"
+            hdr += [f"{name} s (min-max)", f"/ @{base}", "orch CPU s", "machine CPU s"]
+            if k == "check":
+                hdr.append("check exit")
         md += f"\n**{m}**\n\n" + C.table(hdr, rows) + "\n"
-    ph = ["connect", "facts", "ps", "api", "status", "noop_exec", "merged"]
+    ph = ["connect", "facts", "containers", "cli", "snapshot", "kept", "keeper", "api"]
     md += (f"\nIn-process breakdown (benchmarks/phases.py, median of {a.phase_reps}; wall / CPU "
-           "seconds of orch's own process; `status` = the command's body after connecting "
-           "(facts + ps + api); `noop_exec` (one `true` per host) and `merged` (facts and ps in "
-           "one exec per host) are prototypes):\n")
+           "seconds of orch's own process): `connect` SSH to every node; `facts` the facts "
+           "script, one exec per node; `containers` the container list through the runtime's "
+           "API socket; `cli` the same with `podman ps` (the fallback); `snapshot` facts and "
+           "containers at once (a fresh status); `kept` the same on kept connections with the "
+           "facts in a long-lived shell (what the keeper does per request); `keeper` one "
+           "request to the keeper from another process; `api` the head's HTTP API:\n")
     for m in shells:
         rows2 = []
         for n in sizes:

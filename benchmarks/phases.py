@@ -113,6 +113,7 @@ def main() -> None:
     runs = [asyncio.run(one(a.inventory)) for _ in range(a.reps)]
     res: dict[str, Any] = {"runs": runs}
     if a.profile:
+        a.profile.parent.mkdir(parents=True, exist_ok=True)
         pr = cProfile.Profile()
         pr.enable()
         asyncio.run(one(a.inventory))
