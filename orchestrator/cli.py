@@ -242,7 +242,7 @@ def status(
                 snap = await s.snapshot()
             finally:
                 s.close()
-            if keep:
+            if keep and snap.looks:  # a keeper of no connection would only retry and leave
                 keeper.spawn(dep)
         st = await deployment_status(dep, snap, requests)
         if json_out:

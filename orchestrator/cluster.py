@@ -62,9 +62,9 @@ class Session:
     dep: Deployment
     hosts: dict[str, Host]
     unreachable: dict[str, BaseException] = field(default_factory=dict)
-    # kept per node while its connection lives: the runtime API's HTTP connection (None: not
-    # reachable, the CLI is used) and, for repeated looks, a long-lived shell
-    _apis: dict[str, runtime_api.RuntimeApi | None] = field(default_factory=dict)
+    # kept per node with the connection they run on: the runtime API's HTTP connection (None:
+    # the socket is not reachable, the CLI is used) and, for repeated looks, a long-lived shell
+    _apis: dict[str, tuple[Host, runtime_api.RuntimeApi | None]] = field(default_factory=dict)
     _shells: dict[str, Shell] = field(default_factory=dict)
 
     @property
@@ -88,7 +88,7 @@ class Session:
         try:
             return await fn(h)
         except ConnectError as exc:
-            if not getattr(exc, "transient", False):
+            if not exc.transient:
                 raise
             log.warning("ssh connection lost, reconnecting", node=h.name, error=exc.message)
             self._forget(h)
@@ -141,7 +141,7 @@ class Session:
                 return await api.inspect_all(dep, h.name), "api"
             except runtime_api.ApiUnavailable as exc:
                 log.info("runtime API not reachable, using the CLI", node=h.name, reason=str(exc))
-                self._apis[h.name] = None
+                self._keep(self._apis, h, (h, None))
         r = await h.run(runtime.ps_ids(self.runtime, dep, h.name), timeout=30)
         ids = r.stdout.split()
         if not ids:
@@ -150,10 +150,18 @@ class Session:
         return json.loads(r.stdout or "[]"), "cli"
 
     def _runtime_api(self, h: Host) -> runtime_api.RuntimeApi | None:
-        if h.name not in self._apis:
+        kept = self._apis.get(h.name)
+        if kept is None or kept[0] is not h:
             sock = runtime_api.socket_path(self.runtime, self.dep.inv.runtime_socket)
-            self._apis[h.name] = runtime_api.RuntimeApi(h, sock) if sock else None
-        return self._apis[h.name]
+            kept = (h, runtime_api.RuntimeApi(h, sock) if sock else None)
+            self._keep(self._apis, h, kept)
+        return kept[1]
+
+    def _keep(self, where: dict[str, T], h: Host, value: T) -> None:
+        """Keep something bound to h's connection, unless h was replaced meanwhile (another
+        step reconnected the node): what runs on a dead connection is not kept."""
+        if self.hosts.get(h.name) is h:
+            where[h.name] = value
 
     async def facts(self, h: Host, kept: bool = False) -> str:
         """The node's network facts (netinfo.FACTS_SCRIPT); `kept`: in a long-lived shell
@@ -161,8 +169,9 @@ class Session:
         if not kept:
             return (await h.sh(netinfo.FACTS_SCRIPT, timeout=20)).stdout
         shell = self._shells.get(h.name)
-        if shell is None:
-            shell = self._shells[h.name] = Shell(h)
+        if shell is None or shell.host is not h:
+            shell = Shell(h)
+            self._keep(self._shells, h, shell)
         r = await shell.run(netinfo.FACTS_SCRIPT, timeout=20)
         if not r.ok:
             raise CommandError(h.name, ["sh", "-c", "(facts)"], r.rc, r.stdout)
@@ -175,7 +184,7 @@ class Session:
             facts, cs = await asyncio.gather(self.facts(h, kept), self._inspect(h),
                                              return_exceptions=True)
             for r in (facts, cs):
-                if isinstance(r, ConnectError) and getattr(r, "transient", False):
+                if isinstance(r, ConnectError) and r.transient:
                     raise r  # the connection dropped: each() reconnects and looks again
                 if isinstance(r, BaseException) and not isinstance(r, Exception):
                     raise r

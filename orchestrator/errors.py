@@ -57,7 +57,13 @@ class RemoteError(OrchError):
 
 
 class ConnectError(RemoteError):
-    pass
+    transient = False  # True: the connection dropped or could not be made; a retry may cure it
+
+    @classmethod
+    def lost(cls, node: str, message: str) -> ConnectError:
+        err = cls(node, message)
+        err.transient = True
+        return err
 
 
 class CommandError(RemoteError):

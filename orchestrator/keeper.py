@@ -260,7 +260,8 @@ async def serve(inventory: Path, idle_s: float) -> int:
         return 0
     s = await open_session(dep, require_all=False)
     if not s.hosts:
-        log.warning("no node reachable; nothing to keep", unreachable={k: str(v) for k, v in s.unreachable.items()})
+        log.warning("no node reachable; nothing to keep",
+                    unreachable={k: str(v) for k, v in s.unreachable.items()})
         return 1
     k = Keeper(dep, s, idle_s)
     task = asyncio.current_task()

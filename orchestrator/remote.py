@@ -67,7 +67,7 @@ def _expand(p: str | None) -> str | None:
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, ConnectError) and getattr(exc, "transient", False)
+    return isinstance(exc, ConnectError) and exc.transient
 
 
 class Host:
@@ -102,9 +102,8 @@ class Host:
         except asyncssh.TimeoutError as exc:
             raise CommandError(self.name, full, None, f"timed out after {timeout:.0f}s") from exc
         except (asyncssh.Error, OSError) as exc:
-            err = ConnectError(self.name, f"connection lost while running {full[0]}: {exc}")
-            err.transient = True  # type: ignore[attr-defined]
-            raise err from exc
+            raise ConnectError.lost(self.name, f"connection lost while running {full[0]}: {exc}"
+                                    ) from exc
         out = _text(r.stdout)
         errtext = _text(r.stderr)
         res = Result(r.exit_status, out, errtext)
@@ -134,13 +133,14 @@ class Host:
         try:
             return await asyncio.wait_for(self._conn.open_unix_connection(path), timeout)
         except asyncssh.ChannelOpenError as exc:
+            if self._conn.is_closed():  # not a refusal: the connection is gone
+                raise ConnectError.lost(self.name, f"connection lost while opening {path}: "
+                                        f"{exc.reason}") from exc
             raise ChannelRefused(self.name, f"sshd did not open {path}: {exc.reason}") from exc
         except asyncio.TimeoutError as exc:
             raise ChannelRefused(self.name, f"sshd did not open {path} within {timeout:.0f}s") from exc
         except (asyncssh.Error, OSError) as exc:
-            err = ConnectError(self.name, f"connection lost while opening {path}: {exc}")
-            err.transient = True  # type: ignore[attr-defined]
-            raise err from exc
+            raise ConnectError.lost(self.name, f"connection lost while opening {path}: {exc}") from exc
 
     @property
     def closed(self) -> bool:
@@ -178,9 +178,8 @@ class Shell:
                                    f"timed out after {timeout:.0f}s") from exc
             except (asyncssh.Error, OSError, EOFError) as exc:
                 self.close()
-                err = ConnectError(self.host.name, f"connection lost in the kept shell: {exc}")
-                err.transient = True  # type: ignore[attr-defined]
-                raise err from exc
+                raise ConnectError.lost(self.host.name, f"connection lost in the kept shell: {exc}"
+                                        ) from exc
 
     async def _run(self, framed: str, marker: str) -> Result:
         if self._proc is None:
@@ -294,7 +293,8 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
             ) from exc
         if t.accept_new and seen:
             _remember_host_key(seen[1])
-            return await asyncssh.connect(t.host, known_hosts=_known_hosts(_known_hosts_data(t)), **opts)  # type: ignore[arg-type]
+            trusted = _known_hosts(_known_hosts_data(t))
+            return await asyncssh.connect(t.host, known_hosts=trusted, **opts)  # type: ignore[arg-type]
         raise ConnectError(
             t.node,
             f"host key of {t.host} is unknown ({fp}); verify it and add it to {files}, "
@@ -306,9 +306,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
         ) from exc
     except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
         msg = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        err = ConnectError(t.node, f"cannot connect to {t.host}:{t.port or 22}: {msg}")
-        err.transient = True  # type: ignore[attr-defined]
-        raise err from exc
+        raise ConnectError.lost(t.node, f"cannot connect to {t.host}:{t.port or 22}: {msg}") from exc
 
 
 async def connect(t: Target, *, timeout: float = 15, deadline_s: float = 45) -> Host:

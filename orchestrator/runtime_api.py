@@ -16,9 +16,10 @@ import json
 import urllib.parse
 from typing import Any
 
+import asyncssh
 import httpcore
 
-from .errors import ChannelRefused, RuntimeApiError
+from .errors import ChannelRefused, ConnectError, RuntimeApiError
 from .plan import LABEL_DEPLOYMENT, LABEL_NODE
 from .remote import Host
 
@@ -42,11 +43,19 @@ class _Stream(httpcore.AsyncNetworkStream):
         self._r, self._w = reader, writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await asyncio.wait_for(self._r.read(max_bytes), timeout)
+        try:
+            return await asyncio.wait_for(self._r.read(max_bytes), timeout)
+        except asyncio.TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except (OSError, asyncssh.Error) as exc:  # the channel broke
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if buffer:
-            self._w.write(buffer)
+        try:
+            if buffer:
+                self._w.write(buffer)
+        except (OSError, asyncssh.Error) as exc:  # asyncssh: "Channel not open for sending"
+            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         self._w.close()
@@ -97,6 +106,9 @@ class RuntimeApi:
                 return await self._request(path)
             except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
                 await self.aclose()
+                if self.host.closed:  # the SSH connection itself is gone: reconnect, not fail
+                    raise ConnectError.lost(self.host.name, f"connection lost reading "
+                                            f"{self.socket}: {exc}") from exc
                 if fresh:
                     raise RuntimeApiError(self.host.name, f"{self.socket}: GET {path}: "
                                           f"{type(exc).__name__} {exc}") from exc

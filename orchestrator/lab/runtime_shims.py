@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ._util import IMAGE_TAG, LabError, Progress, lab_dir, pid_alive, run, stop_pid
@@ -52,15 +53,21 @@ def ensure_dockerd(state: LabState, progress: Progress) -> None:
     pid = int(out.stdout.strip())
     state.dockerd_pid, state.dockerd_log = pid, str(log)
     state.save()
-    deadline = time.monotonic() + 60
+    wait_answering(pid, docker_up, "dockerd", log, timeout=60)
+    progress.say(f"started dockerd (pid {pid}, log {log})")
+
+
+def wait_answering(pid: int, answers: Callable[[], bool], what: str, log: Path,
+                   timeout: float) -> None:
+    """Wait until a daemon the lab started answers; LabError if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
-            raise LabError(f"dockerd exited at start; see {log}")
-        if docker_up():
-            progress.say(f"started dockerd (pid {pid}, log {log})")
+            raise LabError(f"{what} exited at start; see {log}")
+        if answers():
             return
-        time.sleep(0.5)
-    raise LabError(f"dockerd did not answer within 60 s; see {log}")
+        time.sleep(0.2)
+    raise LabError(f"{what} did not answer within {timeout:.0f} s; see {log}")
 
 
 def stop_dockerd(state: LabState) -> list[str]:
@@ -101,18 +108,11 @@ def ensure_podman_service(state: LabState, progress: Progress, conf: Path) -> No
     log = lab_dir() / "podman-service.log"
     out = run(["sh", "-c", 'CONTAINERS_CONF="$2" setsid podman system service --time=0 "unix://$3" '
                '>>"$1" 2>&1 </dev/null & echo $!', "sh", str(log), str(conf), PODMAN_SOCKET])
-    state.podman_service_pid = int(out.stdout.strip())
+    pid = state.podman_service_pid = int(out.stdout.strip())
     state.save()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not pid_alive(state.podman_service_pid):
-            raise LabError(f"podman system service exited at start; see {log}")
-        if socket_answers(PODMAN_SOCKET):
-            progress.say(f"started podman's API service (pid {state.podman_service_pid}, "
-                         f"{PODMAN_SOCKET})")
-            return
-        time.sleep(0.2)
-    raise LabError(f"podman system service did not answer on {PODMAN_SOCKET} within 30 s; see {log}")
+    wait_answering(pid, lambda: socket_answers(PODMAN_SOCKET),
+                   f"podman system service on {PODMAN_SOCKET}", log, timeout=30)
+    progress.say(f"started podman's API service (pid {pid}, {PODMAN_SOCKET})")
 
 
 def stop_podman_service(state: LabState) -> list[str]:

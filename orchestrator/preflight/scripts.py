@@ -131,7 +131,9 @@ job() { n=$((n + 1)); ( run "$@" ) > "$tmp/$(printf %04d "$n")" 2>&1 & }
 raw() { n=$((n + 1)); ( "$@" ) > "$tmp/$(printf %04d "$n")" 2>&1 & }
 tcp_try() {  # ip port seconds -> connected (0) | timeout (1) | refused (2) | error (3) | no tool (4)
   if have bash && have timeout; then
-    o=$(timeout "$3" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>&1); r=$?
+    # --norc: under sshd, bash would read ~/.bashrc even with -c (a slow rc, e.g. conda or
+    # pyenv init, then eats the deadline and the connect looks like a timeout)
+    o=$(timeout "$3" bash --norc --noprofile -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>&1); r=$?
     [ $r -eq 0 ] && { echo connected; return 0; }
     [ $r -eq 124 ] && { echo timeout; return 1; }
     case $o in *efused*) echo refused; return 2 ;; esac

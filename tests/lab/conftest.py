@@ -84,15 +84,21 @@ def containers(lab: object, label: str = "orch.deployment") -> dict[str, list[di
     out = {}
     for h in lab.hosts:  # type: ignore[attr-defined]
         rt = lab.runtime  # type: ignore[attr-defined]
-        r = lab.run_on(h, [rt, "ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}",
-                           "--filter", f"label=orch.node={h.name}"], check=True)
-        ids = r.stdout.split()
-        if not ids:
-            out[h.name] = []
-            continue
-        r = lab.run_on(h, [rt, "inspect", *ids], check=True)
-        out[h.name] = [{"id": c["Id"], "status": c["State"]["Status"], "started": c["State"]["StartedAt"],
-                        "name": c["Name"].lstrip("/")} for c in json.loads(r.stdout)]
+        for _ in range(5):  # a container removed between `ps` and `inspect`: look again
+            r = lab.run_on(h, [rt, "ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}",
+                               "--filter", f"label=orch.node={h.name}"], check=True)
+            ids = r.stdout.split()
+            if not ids:
+                out[h.name] = []
+                break
+            r = lab.run_on(h, [rt, "inspect", *ids])
+            if r.returncode == 0:
+                out[h.name] = [{"id": c["Id"], "status": c["State"]["Status"],
+                                "started": c["State"]["StartedAt"], "name": c["Name"].lstrip("/")}
+                               for c in json.loads(r.stdout)]
+                break
+        else:
+            raise AssertionError(f"{rt} inspect on {h.name} kept failing: {r.stderr}")
     return out
 
 

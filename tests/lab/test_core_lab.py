@@ -113,8 +113,9 @@ def test_a_rank_that_exits_fails_the_up_fast_naming_the_node(lab, orch, tmp_path
         out, err = p.communicate(timeout=120)
         reported_after = time.monotonic() - killed_at
     finally:
-        if p.poll() is None:
+        if p.returncode is None:  # failed before communicate: end it and close its pipes
             p.kill()
+            p.communicate(timeout=60)
     assert p.returncode == 1, err[-2000:]
     assert reported_after < 30, f"took {reported_after:.1f}s"
     assert "rank on node h1 is" in err
@@ -134,8 +135,9 @@ def test_sigint_during_launch_leaves_nothing_and_a_second_run_is_locked_out(lab,
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)
     finally:
-        if p.poll() is None:
+        if p.returncode is None:  # failed before communicate: end it and close its pipes
             p.kill()
+            p.communicate(timeout=60)
     assert p.returncode == 130, err[-2000:]
     assert all(not cs for cs in containers(lab).values()), containers(lab)
 
@@ -167,8 +169,9 @@ def test_a_dropped_ssh_connection_is_retried_within_the_deadline(lab, orch, tmp_
             os.kill(pid, signal.SIGKILL)
         out, err = p.communicate(timeout=LAUNCH_TIMEOUT)
     finally:
-        if p.poll() is None:
+        if p.returncode is None:  # failed before communicate: end it and close its pipes
             p.kill()
+            p.communicate(timeout=60)
         orch("down", str(inv), timeout=120)
     assert "ssh connection lost, reconnecting" in err
     assert p.returncode == 0, err[-3000:]

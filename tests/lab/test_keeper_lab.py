@@ -143,7 +143,7 @@ def test_keeper_leaves_when_idle(lab, orch, tmp_path: Path) -> None:  # type: ig
     wait_for(gone, 30, what=f"keeper {pid} to end")
 
 
-def test_kept_shell_runs_scripts_in_turn_and_survives_a_timeout(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_kept_shell_runs_scripts_in_turn_and_survives_a_timeout(lab, tmp_path: Path) -> None:
     inv = inventory(lab, tmp_path, "shell")
     os.environ.setdefault("ORCH_FAST_RETRY", "1")
 

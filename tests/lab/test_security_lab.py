@@ -122,6 +122,7 @@ def test_secrets_stay_secret_and_the_api_key_is_enforced(lab, orch, tmp_path):
     inv.write_text(yaml.safe_dump(doc))
     env = {"ORCH_TEST_HF": SECRET}
     outputs = []
+    p = None
     try:
         for args in (["plan", str(inv)], ["plan", str(inv), "--json"]):
             r = orch(*args, env=env, timeout=60)
@@ -166,6 +167,9 @@ def test_secrets_stay_secret_and_the_api_key_is_enforced(lab, orch, tmp_path):
         assert p.returncode == 1
         outputs.append(out + err)
     finally:
+        if p is not None and p.returncode is None:  # the test failed before communicate
+            p.kill()
+            p.communicate(timeout=60)  # and closes its pipes
         orch("down", str(inv), env=env, timeout=120)
     saved = list(orch.state_dir.rglob("*"))
     assert any(f.name == "h0.log" for f in saved)

@@ -114,6 +114,7 @@ class LocalHost:
     """Host.open_unix without SSH: a direct connection to the local socket."""
 
     name = "n0"
+    closed = False
 
     def __init__(self, refuse: bool = False) -> None:
         self.refuse = refuse
