@@ -233,7 +233,7 @@ def tables(a, cmd, ups, deaths, shells) -> None:  # type: ignore[no-untyped-def]
         ["launch -> head \"Application startup complete\"", len(boot), C.med(boot), C.spread(boot)],
         ["head \"Application startup complete\" -> orch \"api ready\"", len(lag), C.med(lag), C.spread(lag)],
         ["orch \"api ready\" -> \"serving\" (first completion)", len(tail), C.med(tail), C.spread(tail)],
-        ["healthy watch pass (plan + status with group probe)", len(deaths),
+        ["healthy watch pass (snapshot + status with group probe)", len(deaths),
          C.med([d["watch_pass_s"] for d in deaths]), C.spread([d["watch_pass_s"] for d in deaths])],
         [f"rank killed -> watch loop reports it (interval {a.interval:g}s)", len(wl), C.med(wl), C.spread(wl)],
         ["rank killed -> one-shot `orch status` reports it (whole command)", len(ol), C.med(ol), C.spread(ol)],
