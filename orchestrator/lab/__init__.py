@@ -187,6 +187,8 @@ class Lab:
             progress.say("no lab recorded; nothing to do")
             return []
         problems: list[str] = []
+        for h in state.hosts:  # while the hosts' network still works (docker: pause containers)
+            problems += H.end_sessions(h)
         try:
             problems += R.remove_containers(R.lab_containers(state))
         except (LabError, OSError, subprocess.SubprocessError) as e:

@@ -159,6 +159,17 @@ def stop_pid(pid: int, *, expect_in_cmdline: str, timeout: float = 15.0) -> bool
     return not pid_alive(pid)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (from /proc/PID/task/*/children)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(p) for p in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)

@@ -11,7 +11,7 @@ import socket
 import time
 from pathlib import Path
 
-from ._util import LabError, lab_dir, pid_alive, run, stop_pid
+from ._util import LabError, child_pids, lab_dir, pid_alive, pid_cmdline, run, stop_pid
 from .state import BRIDGE, BRIDGE_IP, FORWARD_RULE, LabHost, LabState
 
 SSHD = "/usr/sbin/sshd"
@@ -160,9 +160,22 @@ def write_known_hosts(hosts: list[LabHost]) -> None:
     known_hosts().write_text("".join(lines))
 
 
+def end_sessions(host: LabHost) -> list[str]:
+    """End the host's open ssh sessions (one sshd per connection, children of the host's
+    sshd), while its network still works so that the clients see them close: a long-lived
+    connection such as orch's keeper would otherwise outlive the host, blocked in a namespace
+    that has no network any more.  Returns problems."""
+    problems = []
+    if host.sshd_pid and host.sshd_config.name in pid_cmdline(host.sshd_pid):
+        for pid in child_pids(host.sshd_pid):
+            if not stop_pid(pid, expect_in_cmdline="sshd", timeout=5):
+                problems.append(f"ssh session {pid} of {host.name} did not exit")
+    return problems
+
+
 def remove_host(host: LabHost) -> list[str]:
     """Stop the host's sshd (by PID), delete its namespace and veth. Returns problems."""
-    problems = []
+    problems = end_sessions(host)
     if host.sshd_pid and not stop_pid(host.sshd_pid, expect_in_cmdline=host.sshd_config.name):
         problems.append(f"sshd {host.sshd_pid} of {host.name} did not exit")
     host.sshd_pid = None

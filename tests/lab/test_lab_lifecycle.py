@@ -9,9 +9,11 @@ as CLI subprocesses, each under its own timeout (a cold `up` builds the image: m
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,10 +67,10 @@ def take_down_any_lab() -> tuple[int, str] | None:
 
 
 @pytest.mark.parametrize("runtime", ["podman", "docker"])
-def test_up_then_down_leaves_nothing(runtime: str) -> None:
+def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
     require_lab_deps(runtime)
     from orchestrator.lab import IMAGE_TAG, Lab, image, model
-    from orchestrator.lab._util import pid_alive
+    from orchestrator.lab._util import child_pids, pid_alive
     from orchestrator.lab.state import BRIDGE, LabState
 
     previous = take_down_any_lab()
@@ -119,6 +121,21 @@ def test_up_then_down_leaves_nothing(runtime: str) -> None:
         r = lab.run_on("h1", [runtime, "exec", probe, "ip", "-o", "-4", "addr"], timeout=60)
         assert "enp1s0    inet 10.77.0.12/24" in r.stdout, r.stdout + r.stderr
 
+        # a long-lived connection into every host (orch's keeper, left by `orch status`)
+        kenv = {**os.environ, "ORCH_STATE_DIR": str(tmp_path / "state")}
+        r = subprocess.run([sys.executable, "-m", "orchestrator", "status", str(lab.inventory_path),
+                            "--no-requests", "--json"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env=kenv)
+        assert json.loads(r.stdout)["via"] == "fresh SSH connections", r.stderr
+        from orchestrator import keeper
+
+        end = time.monotonic() + 60
+        while not (kept := keeper.running(base=tmp_path / "state")) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert kept, "orch status left no keeper"
+        sessions = {h.name: child_pids(h.sshd_pid) for h in lab.hosts if h.sshd_pid}
+        assert sessions["h0"] and sessions["h1"], sessions
+
         state = LabState.load()
         assert state is not None
         if runtime == "podman":  # podman's API service answers, as podman.socket would
@@ -144,6 +161,13 @@ def test_up_then_down_leaves_nothing(runtime: str) -> None:
     assert forward_rules()[0] == policy_before
     for h in state.hosts:
         assert not pid_alive(h.sshd_pid), f"sshd {h.sshd_pid} of {h.name} still runs"
+    # the open sessions were ended with their hosts, and the keeper, its connections
+    # gone, left on its own
+    assert not [p for ps in sessions.values() for p in ps if pid_alive(p)], sessions
+    end = time.monotonic() + keeper.CHECK_S + 30
+    while keeper.running(base=tmp_path / "state") and time.monotonic() < end:
+        time.sleep(0.5)
+    assert keeper.running(base=tmp_path / "state") == [], "the keeper outlived the lab"
     if state.dockerd_pid:
         assert not pid_alive(state.dockerd_pid), "the lab's dockerd still runs"
     if state.podman_service_pid:
