@@ -100,6 +100,8 @@ async def snapshot(dep: Deployment, timeout: float = REPLY_TIMEOUT_S) -> Snapsho
         return None
     finally:
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 def _lock_free(lock_path: Path) -> bool:
