@@ -40,7 +40,7 @@ from pathlib import Path
 from . import __version__
 from .cluster import Deployment, Session, open_session
 from .log import log, setup
-from .remote import connect
+from .remote import connect_all
 from .snapshot import Snapshot
 from .state import private_dir, state_dir
 
@@ -149,6 +149,7 @@ def _records(base: Path | None = None) -> Iterator[tuple[Path, dict[str, object]
 
 
 def _is_keeper(pid: int) -> bool:
+    """Whether PID runs a keeper now (an exited one, even a zombie, has no command line)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -171,16 +172,9 @@ def stop(deployment: str | None = None, timeout: float = 10, base: Path | None =
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     end = time.monotonic() + timeout
-    while time.monotonic() < end and any(_is_keeper(p) and not _zombie(p) for p in pids):
+    while time.monotonic() < end and any(_is_keeper(p) for p in pids):
         time.sleep(0.05)
     return pids
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 # --- the keeper process ---------------------------------------------------------------------
@@ -222,15 +216,9 @@ class Keeper:
         then look at every node."""
         missing = [t for t in self.dep.targets() if t.node in self.s.unreachable]
         if missing:
-            got = await asyncio.gather(*(connect(t) for t in missing), return_exceptions=True)
-            for t, h in zip(missing, got):
-                if isinstance(h, BaseException):
-                    if not isinstance(h, Exception):
-                        raise h
-                    self.s.unreachable[t.node] = h
-                else:
-                    self.s.unreachable.pop(t.node, None)
-                    self.s.hosts[t.node] = h
+            hosts, errors = await connect_all(missing)
+            self.s.hosts.update(hosts)
+            self.s.unreachable = errors  # every unreachable node was just tried
         snap = await self.s.snapshot(kept=True)
         snap.via = self.via
         return snap
