@@ -145,8 +145,11 @@ def cycles(a, lab, inv, env, rank, head, do_up) -> None:  # type: ignore[no-unty
                               "--interval", str(a.interval)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env, cwd=C.ROOT)
         lines: queue.Queue[dict] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(json.loads(x)) for x in w.stdout],  # type: ignore[union-attr]
-                         daemon=True).start()
+        def pump(out=w.stdout, q=lines) -> None:  # type: ignore[no-untyped-def]
+            for x in out:
+                q.put(json.loads(x))
+
+        threading.Thread(target=pump, daemon=True).start()
         try:
             healthy = 0
             t_end = time.time() + 120
@@ -174,7 +177,8 @@ def cycles(a, lab, inv, env, rank, head, do_up) -> None:  # type: ignore[no-unty
                 if p["states"].get(rank["name"]) != "running":
                     detected = p
                     break
-            deaths.append({"kill_cmd_s": t_kill - t_kill0, "watch_latency": (detected["end"] - t_kill) if detected else None,
+            deaths.append({"kill_cmd_s": t_kill - t_kill0,
+                           "watch_latency": (detected["end"] - t_kill) if detected else None,
                            "watch_state": detected and detected["states"], "watch_pass_s": C.med(passes),
                            "oneshot_latency": one.wall, "oneshot_state": one_state})
             C.say(f"  killed {rank['container']}: watch reported after "
@@ -227,8 +231,8 @@ def tables(a, cmd, ups, deaths, shells) -> None:  # type: ignore[no-untyped-def]
            "- death: `podman kill` of h1's container; watch = the `orch status --watch "
            f"{a.interval:g}` loop (benchmarks/watch.py) already running, first pass that "
            "reports h1 not running, from the kill's return; one-shot = `orch status INV "
-           "--no-requests --json --fresh` (new connections, as with no keeper) started right after the kill (runs concurrently with the "
-           "watch loop), its whole wall time\n\n")
+           "--no-requests --json --fresh` (new connections, as with no keeper) started right "
+           "after the kill (runs concurrently with the watch loop), its whole wall time\n\n")
     rows = [
         ["launch -> head \"Application startup complete\"", len(boot), C.med(boot), C.spread(boot)],
         ["head \"Application startup complete\" -> orch \"api ready\"", len(lag), C.med(lag), C.spread(lag)],

@@ -80,7 +80,7 @@ async def one(path: Path) -> dict[str, dict[str, float]]:
             raise SystemExit("no keeper answers: start one first (main does)")
         with c("keeper"):
             await keeper.snapshot(dep)
-        plan = dep.static_plan(snap.nets(dep.inv))
+        plan = dep.plan(snap.nets(dep.inv))
         with c("api"):
             async with Api(plan.api_url, dep.api_key, timeout=5) as api:
                 await api.state(plan.served_name)

@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from . import state
+from .cluster import Session
 from .config import REPO_PLAYBOOKS
 from .errors import DeployError, InputError
-from .cluster import Session
-from .plan import Plan
+from .plan import Fleet
 
 PRESETS: dict[str, dict[str, object]] = {
     # seed 000/001: vllm bench serve --dataset-name random --random-input 200 --num-prompts 200 --request-rate 1
@@ -43,14 +43,21 @@ class BenchResult:
     reference: dict[str, float] | None
 
 
-def bench_argv(plan: Plan, preset: str, num_prompts: int | None) -> list[str]:
+def base_url(fleet: Fleet) -> str:
+    """Where the benchmark sends its requests from inside the entry container: its own API on
+    loopback (host network), or a fleet's router."""
+    g = fleet.groups[0]
+    return fleet.api_url if fleet.router is not None else f"http://127.0.0.1:{g.api_port}"
+
+
+def bench_argv(fleet: Fleet, preset: str, num_prompts: int | None) -> list[str]:
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     flags = dict(PRESETS[preset])
     if num_prompts:
         flags["--num-prompts"] = num_prompts
-    argv = ["vllm", "bench", "serve", "--backend", "vllm", "--base-url", f"http://127.0.0.1:{plan.api_port}",
-            "--model", plan.served_name, "--tokenizer", plan.model, "--save-result",
+    argv = ["vllm", "bench", "serve", "--backend", "vllm", "--base-url", base_url(fleet),
+            "--model", fleet.served_name, "--tokenizer", fleet.groups[0].model, "--save-result",
             "--result-dir", RESULT_IN_CONTAINER, "--result-filename", "result.json"]
     for k, v in flags.items():
         argv.append(k)
@@ -69,7 +76,7 @@ def references(playbook: str, preset: str) -> dict[str, float] | None:
 
 
 def figures(result: dict[str, object]) -> dict[str, float]:
-    return {k: float(result[k]) for k in FIGURES if isinstance(result.get(k), (int, float))}
+    return {k: float(v) for k in FIGURES if isinstance(v := result.get(k), (int, float))}
 
 
 def save(deployment: str, preset: str, text: str) -> Path:
@@ -88,15 +95,17 @@ def parse_result(text: str) -> dict[str, object]:
     return doc
 
 
-async def run_in_head(s: Session, plan: Plan, preset: str, num_prompts: int | None,
+async def run_in_head(s: Session, fleet: Fleet, preset: str, num_prompts: int | None,
                       timeout: float) -> tuple[dict[str, object], Path]:
-    """Run the benchmark in the head's running container; return the result and where it is kept."""
-    argv = bench_argv(plan, preset, num_prompts)
-    h = s.hosts[plan.head.name]
-    cs = [c for c in await s.containers(h) if c.running and c.spec_hash == plan.head.spec_hash]
+    """Run the benchmark in the (first) group's entry container (the head, or the PD proxy);
+    return the result and where it is kept."""
+    argv = bench_argv(fleet, preset, num_prompts)
+    entry = fleet.groups[0].entry
+    h = s.hosts[entry.name]
+    cs = [c for c in await s.containers(h) if c.running and c.spec_hash == entry.spec_hash]
     if not cs:
-        raise DeployError(f"no running container of {plan.deployment} (as planned) on the head "
-                          f"{plan.head.name}; run orch up first")
+        raise DeployError(f"no running container of {fleet.deployment} (as planned) on "
+                          f"{entry.name}; run orch up first")
     rt = s.runtime
     if s.dep.api_key:
         # the container already holds the key as VLLM_API_KEY; never put it in an argv
@@ -104,4 +113,4 @@ async def run_in_head(s: Session, plan: Plan, preset: str, num_prompts: int | No
     await h.run([rt, "exec", cs[0].id, *argv], timeout=timeout)
     r = await h.run([rt, "exec", cs[0].id, "cat", f"{RESULT_IN_CONTAINER}/result.json"], timeout=60)
     result = parse_result(r.stdout)
-    return result, save(plan.deployment, preset, r.stdout)
+    return result, save(fleet.deployment, preset, r.stdout)

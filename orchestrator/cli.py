@@ -1,4 +1,4 @@
-"""The `orch` command line.
+"""The `orch` command line: arguments in, `service` does the work, `render` prints.
 
 Exit codes (docs/cli.md):
   0  success: deployed / healthy / removed
@@ -12,7 +12,6 @@ Exit codes (docs/cli.md):
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,19 +20,12 @@ from typing import Optional, TypeVar
 
 import typer
 
-from . import config, state
 from . import bench as bench_mod
-from . import logs as logs_mod
-from .probe import Api
-from .smoke import run_smoke
-from .cluster import Deployment, open_session
-from .deploy import down as do_down
-from .deploy import up as do_up
-from .errors import InputError, OrchError
-from .log import log, setup
-from .secrets import mask
-from .render import console, err_console, print_plan, print_status, status_table
-from .status import deployment_status
+from . import config, render, service
+from .cluster import Deployment
+from .deploy import UpOptions
+from .errors import InputError, OrchError, PreflightFailed
+from .log import setup
 
 T = TypeVar("T")
 
@@ -72,15 +64,8 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def resolve_inventory(path: Optional[Path]) -> Path:
-    if path is not None:
-        return path
-    last = state.last_inventory()
-    if last is None:
-        raise InputError("no inventory given and no earlier `orch up` remembered; pass INVENTORY")
-    if not last.is_file():
-        raise InputError(f"the inventory of the last `orch up` ({last}) no longer exists; pass INVENTORY")
-    return last
+def load(path: Optional[Path]) -> Deployment:
+    return Deployment.load(service.resolve_inventory(path))
 
 
 @app.command()
@@ -88,13 +73,13 @@ def plan(inventory: Path = InventoryArg, json_out: bool = JsonOpt) -> None:
     """Show what `orch up` would run on every node. Contacts nothing.
 
     NIC/IP not given in the inventory are detected on the hosts at `orch up` and shown here as
-    placeholders."""
-    dep = Deployment.load(inventory, with_secrets=False)
-    p = dep.static_plan()
+    placeholders. Secrets are read as `orch up` reads them (they fold into the container
+    names); where they cannot be read here, a warning says the names differ."""
+    fleet = Deployment.load(inventory, secrets_optional=True).plan()
     if json_out:
-        print(json.dumps(p.to_json(), indent=2))
+        render.print_json(fleet.to_json())
     else:
-        print_plan(p)
+        render.print_plan(fleet)
 
 
 @app.command()
@@ -119,48 +104,26 @@ def up(
     while watching every rank. A rank that exits fails the run at once with its log.
     When everything already runs as planned and answers, it does nothing."""
     setup(quiet)
-    check_skips(skip_checks)
+    service.check_skips(skip_checks)
     dep = Deployment.load(inventory)
-    name = dep.inv.deployment
-
-    async def go() -> int:
-        s = await open_session(dep, accept_new=accept_new_host_keys)
-        try:
-            res = await do_up(s, timeout_s=timeout, keep_on_failure=keep_on_failure, force=force,
-                              checks=not no_checks, skip_checks=frozenset(skip_checks))
-        finally:
-            s.close()
-        state.remember_inventory(inventory)
-        state.append_history(name, {"action": "up", "changed": res.changed, "reason": res.reason,
-                                    "seconds": round(res.seconds, 1), "result": "serving"})
-        if json_out:
-            print(json.dumps({"changed": res.changed, "reason": res.reason, "seconds": round(res.seconds, 1),
-                              "api_url": res.plan.api_url, "answer": res.answer}))
-        elif not quiet:
-            verb = "deployed" if res.changed else "nothing to do"
-            console.print(f"{verb}: {res.plan.deployment} serves {res.plan.served_name!r} at "
-                          f"{res.plan.api_url} ({res.reason}; {res.seconds:.1f}s)")
-        return EXIT_CHANGED if (res.changed and detailed_exitcode) else EXIT_OK
-
-    with state.DeploymentLock(name):
-        try:
-            code = run_async(go)
-        except OrchError as exc:
-            state.append_history(name, {"action": "up", "result": "failed", "error": str(exc)[:500]})
-            raise
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            state.append_history(name, {"action": "up", "result": "interrupted"})
-            print("orch: interrupted; what this run started was removed", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-    raise typer.Exit(code)
-
-
-def check_skips(skip: list[str]) -> None:
-    from .preflight import CHECKS, unknown_skips
-
-    bad = unknown_skips(skip)
-    if bad:
-        raise InputError(f"--skip-checks {', '.join(bad)}: no such check; checks: {', '.join(CHECKS)}")
+    opts = UpOptions(timeout_s=timeout, keep_on_failure=keep_on_failure, force=force,
+                     checks=not no_checks, skip_checks=frozenset(skip_checks))
+    try:
+        res = run_async(lambda: service.up(dep, opts, accept_new=accept_new_host_keys))
+    except PreflightFailed as exc:
+        if exc.report is not None:
+            render.print_report(exc.report)  # type: ignore[arg-type]
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        render.print_interrupted()
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_out:
+        render.print_json({"changed": res.changed, "reason": res.reason,
+                           "seconds": round(res.seconds, 1), "api_url": res.api_url,
+                           "answer": res.answer, "deployed": res.deployed})
+    elif not quiet:
+        render.print_up(res)
+    raise typer.Exit(EXIT_CHANGED if (res.changed and detailed_exitcode) else EXIT_OK)
 
 
 @app.command()
@@ -174,26 +137,16 @@ def check(
     once: SSH and root, runtime, NIC/IP, ping, API/RPC ports free and reachable, NPUs/GPUs and
     links, image/driver/model the same everywhere, shm/disk, stale state. Exit 0 when nothing
     fails (warnings allowed). Changes nothing."""
-    from .preflight import print_report, run_checks
-
     setup(quiet=True)
-    check_skips(skip_checks)
+    service.check_skips(skip_checks)
     dep = Deployment.load(inventory)
-
-    async def go() -> int:
-        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
-        try:
-            p = await s.plan(tolerant=True)
-            report = await run_checks(s, p, frozenset(skip_checks))
-        finally:
-            s.close()
-        if json_out:
-            print(json.dumps(report.to_json(), indent=2))
-        else:
-            print_report(report)
-        return EXIT_FAILED if report.failed else EXIT_OK
-
-    raise typer.Exit(run_async(go))
+    report = run_async(lambda: service.check(dep, frozenset(skip_checks),
+                                             accept_new=accept_new_host_keys))
+    if json_out:
+        render.print_json(report.to_json())
+    else:
+        render.print_report(report)
+    raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
 
 
 @app.command()
@@ -208,127 +161,68 @@ def status(
 ) -> None:
     """Per node: container state, uptime, restarts, drift (spec hash vs the inventory) and
     per-rank metrics (running/waiting requests, KV cache, tokens); the API's readiness; and a
-    whole-group check (every DP rank must finish a real request). Exit 0 only when healthy.
+    whole-group check (every DP rank must finish a real request). For a fleet: each replica's
+    health and the router's view. Exit 0 only when healthy.
 
     A background keeper then holds the SSH connections for `ssh.persist` seconds (inventory,
     default 120; 0 = never), so the next status reuses them; `orch down` stops it."""
-    from . import keeper
-
     setup(quiet=True)
-    path = resolve_inventory(inventory)
-    dep = Deployment.load(path)
-    keep = not (fresh or watch or accept_new_host_keys) and keeper.usable(dep)
-
-    async def watch_loop(every: float) -> None:
-        from rich.live import Live
-
-        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
-        try:
-            with Live(console=console, auto_refresh=False) as live:
-                while True:
-                    st = await deployment_status(dep, await s.snapshot(kept=True), requests)
-                    live.update(status_table(st), refresh=True)
-                    await asyncio.sleep(every)
-        finally:
-            s.close()
-
-    async def go() -> int:
-        if watch:
-            await watch_loop(watch)
-        snap = await keeper.snapshot(dep) if keep else None
-        if snap is None:
-            s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
+    dep = load(inventory)
+    if watch:
+        with render.live_status() as live:
             try:
-                snap = await s.snapshot()
-            finally:
-                s.close()
-            if keep and snap.looks:  # a keeper of no connection would only retry and leave
-                keeper.spawn(dep)
-        st = await deployment_status(dep, snap, requests)
-        if json_out:
-            print(json.dumps(st.to_json(), indent=2))
-        else:
-            print_status(st)
-        return EXIT_OK if st.healthy else EXIT_FAILED
-
-    try:
-        raise typer.Exit(run_async(go))
-    except KeyboardInterrupt:
-        if not watch:
-            raise
-        raise typer.Exit(EXIT_OK) from None
+                run_async(lambda: service.watch_status(
+                    dep, watch, lambda st: render.update_live(live, st), probe=requests,
+                    accept_new=accept_new_host_keys))
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                raise typer.Exit(EXIT_OK) from None
+    st = run_async(lambda: service.status(dep, probe=requests, fresh=fresh,
+                                          accept_new=accept_new_host_keys))
+    if json_out:
+        render.print_json(st.to_json())
+    else:
+        render.print_status(st)
+    raise typer.Exit(EXIT_OK if st.healthy else EXIT_FAILED)
 
 
 @app.command()
 def down(inventory: Optional[Path] = OptInventoryArg, quiet: bool = QuietOpt,
          accept_new_host_keys: bool = AcceptOpt) -> None:
-    """Stop and remove this deployment's containers on every node, and its keeper of SSH
-    connections. Safe to repeat."""
-    from . import keeper
-
+    """Stop and remove this deployment's containers on every node (a fleet's router too), and
+    its keeper of SSH connections. Safe to repeat."""
     setup(quiet)
-    path = resolve_inventory(inventory)
-    dep = Deployment.load(path)
-
-    async def go() -> int:
-        stopped = keeper.stop(dep.inv.deployment)
-        if stopped:
-            log.info("stopped the keeper of SSH connections", pids=stopped)
-        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
-        try:
-            with state.DeploymentLock(dep.inv.deployment):
-                removed = await do_down(s)
-        finally:
-            s.close()
-        total = sum(len(v) for v in removed.values())
-        if total == 0 and not s.unreachable:
-            console.print(f"nothing to remove: no container of {dep.inv.deployment} on any node")
-        for node, names in removed.items():
-            if names:
-                console.print(f"{node}: removed {', '.join(names)}")
-        for node, err in s.unreachable.items():
-            err_console.print(f"[red]{node}: not reached, nothing removed there:[/] {mask(str(err))}",
-                              highlight=False)
-        return EXIT_FAILED if s.unreachable else EXIT_OK
-
-    raise typer.Exit(run_async(go))
+    dep = load(inventory)
+    removed, unreachable = run_async(lambda: service.down(dep, accept_new=accept_new_host_keys))
+    render.print_down(dep.inv.deployment, removed, unreachable)
+    raise typer.Exit(EXIT_FAILED if unreachable else EXIT_OK)
 
 
 @app.command()
 def logs(
-    node: Optional[str] = typer.Argument(None, help="only this node's rank"),
+    node: Optional[str] = typer.Argument(None, help="only this node's containers"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="default: the last `orch up`'s"),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines"),
     since: Optional[str] = typer.Option(None, help="only lines since, e.g. 10m or 2026-11-24T10:00:00"),
-    tail: int = typer.Option(100, help="lines per rank (-1: all)"),
+    tail: int = typer.Option(100, help="lines per container (-1: all)"),
     accept_new_host_keys: bool = AcceptOpt,
 ) -> None:
     """Logs of every rank, prefixed by node and merged in time."""
     setup(quiet=True)
-    dep = Deployment.load(resolve_inventory(inventory))
-    names = [node] if node else None
-    if node and node not in {n.name for n in dep.inv.nodes}:
-        raise InputError(f"node {node!r} is not in the inventory ({', '.join(n.name for n in dep.inv.nodes)})")
-    width = max(len(n.name) for n in dep.inv.nodes)
+    dep = load(inventory)
+    names = [n.name for n in dep.inv.nodes]
+    if node and node not in names:
+        raise InputError(f"node {node!r} is not in the inventory ({', '.join(names)})")
+    width = max(len(n) for n in names)
 
     def emit(name: str, text: str) -> None:
-        print(f"{name:<{width}} | {mask(text)}", flush=True)
+        render.emit_log_line(width, name, text)
 
-    async def go() -> int:
-        s = await open_session(dep, require_all=False, accept_new=accept_new_host_keys)
-        for bad, err in s.unreachable.items():
-            emit(bad, f"[orch] unreachable: {err}")
-        try:
-            if follow:
-                await logs_mod.follow(s, names, tail, emit)
-            else:
-                for _, name, text in await logs_mod.collect(s, names, tail, since):
-                    emit(name, text)
-        finally:
-            s.close()
-        return EXIT_OK
-
-    raise typer.Exit(run_async(go))
+    try:
+        run_async(lambda: service.logs(dep, [node] if node else None, follow=follow, tail=tail,
+                                       since=since, emit=emit, accept_new=accept_new_host_keys))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise typer.Exit(EXIT_OK) from None
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()
@@ -342,26 +236,14 @@ def smoke(
     """Functional check through the API: a completion, a chat, and for vision-language models a
     chat with an image (made locally, sent as a data URL). Shows the answers."""
     setup(quiet=True)
-    dep = Deployment.load(resolve_inventory(inventory))
-
-    async def go() -> int:
-        s = await open_session(dep, accept_new=accept_new_host_keys)
-        try:
-            p = await s.plan()
-        finally:
-            s.close()
-        async with Api(p.api_url, dep.api_key, timeout=60) as api:
-            results = await run_smoke(api, p.served_name, p.model, vision, max_tokens)
-        if json_out:
-            print(json.dumps([r.__dict__ for r in results], indent=2))
-        else:
-            for r in results:
-                mark = "[green]ok[/]  " if r.ok else "[red]FAIL[/]"
-                console.print(f"{mark} {r.check:<11} {r.seconds:5.2f}s  "
-                              f"{(repr(r.answer) if r.ok else r.error)[:300]}")
-        return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
-
-    raise typer.Exit(run_async(go))
+    dep = load(inventory)
+    results = run_async(lambda: service.smoke(dep, vision, max_tokens,
+                                              accept_new=accept_new_host_keys))
+    if json_out:
+        render.print_json([r.__dict__ for r in results])
+    else:
+        render.print_smoke(results)
+    raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_FAILED)
 
 
 @app.command()
@@ -376,43 +258,24 @@ def bench(
     """Run `vllm bench serve` inside the head's container; keep the result JSON in the state
     directory; print TTFT / TPOT / throughput next to the seed's reference figures."""
     setup(quiet=True)
-    dep = Deployment.load(resolve_inventory(inventory))
-
-    async def go() -> int:
-        s = await open_session(dep, accept_new=accept_new_host_keys)
-        try:
-            p = await s.plan()
-            result, path = await bench_mod.run_in_head(s, p, preset, num_prompts, timeout)
-        finally:
-            s.close()
-        figs = bench_mod.figures(result)
-        ref = bench_mod.references(p.playbook, preset)
-        if json_out:
-            print(json.dumps({"preset": preset, "result_file": str(path), "figures": figs, "reference": ref}, indent=2))
-        else:
-            from rich.table import Table
-
-            t = Table(title=f"vllm bench serve, preset {preset}", title_justify="left")
-            t.add_column("figure")
-            t.add_column("measured", justify="right")
-            t.add_column("seed reference", justify="right")
-            t.add_column("ratio", justify="right")
-            for k, v in figs.items():
-                rv = (ref or {}).get(k)
-                t.add_row(k, f"{v:.2f}", f"{rv:.2f}" if rv else "-", f"{v / rv:.2f}" if rv else "-")
-            console.print(t)
-            console.print(f"result: {path}")
-        return EXIT_OK if result.get("failed", 0) == 0 else EXIT_FAILED
-
-    raise typer.Exit(run_async(go))
+    dep = load(inventory)
+    result, path = run_async(lambda: service.bench(dep, preset, num_prompts, timeout,
+                                                   accept_new=accept_new_host_keys))
+    figs = bench_mod.figures(result)
+    ref = bench_mod.references(dep.playbook.name, preset)
+    if json_out:
+        render.print_json({"preset": preset, "result_file": str(path), "figures": figs,
+                           "reference": ref})
+    else:
+        render.print_bench(preset, figs, ref, path)
+    raise typer.Exit(EXIT_OK if result.get("failed", 0) == 0 else EXIT_FAILED)
 
 
 @app.command()
 def playbooks() -> None:
-    """List the playbooks orch knows."""
-    for path, pb in config.list_playbooks():
-        console.print(f"[bold]{pb.name}[/]  ({pb.profile}, {pb.topology})  {pb.description}")
-        console.print(f"    {path}", highlight=False)
+    """List the playbooks orch knows (playbooks/, its pd/ subfolder, $ORCH_PLAYBOOK_PATH and the
+    playbooks/ folder beside an inventory)."""
+    render.print_playbooks(config.list_playbooks())
 
 
 try:
@@ -427,8 +290,8 @@ def main() -> None:
     try:
         app()
     except OrchError as exc:
-        print(f"orch: error: {mask(str(exc))}", file=sys.stderr)
+        render.print_error(str(exc))
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("orch: interrupted; what this run started was removed", file=sys.stderr)
+        render.print_interrupted()
         sys.exit(EXIT_INTERRUPTED)

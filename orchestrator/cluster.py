@@ -1,21 +1,29 @@
-"""A deployment's session with its nodes: connect to all, learn their network facts, plan,
-and list/remove this deployment's containers.  Shared by up, status, down and check."""
+"""A deployment and its session with the nodes: connect to all, learn their network facts,
+plan, and list/remove this deployment's containers.  Shared by up, status, down, check,
+logs, smoke, bench, stage and the keeper.
+
+    dep = Deployment.load(path)                       # validated, nothing contacted
+    async with connected(dep, require_all=False) as s:
+        fleet = await s.plan()                        # NIC/IP resolved on the hosts
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from . import config, netinfo, runtime, runtime_api, secrets
-from .errors import CommandError, ConnectError, NodeErrors, OrchError
+from .runtime import Container
+from .errors import CommandError, ConnectError, InventoryError, NodeErrors, OrchError, RuntimeApiUnavailable
 from .inventory import Inventory
-from .playbook import Playbook, Profile
-from .plan import NodeNet, Plan, build_plan
 from .log import log
+from .plan import Fleet, NodeNet, fleet_plan
+from .playbook import Playbook, Profile
 from .remote import Host, Shell, Target, close_all, connect, connect_all
 from .secrets import Secrets
 from .snapshot import NodeLook, Snapshot
@@ -32,26 +40,42 @@ class Deployment:
     playbook: Playbook
     profile: Profile
     secrets: Secrets | None = None
+    secrets_unread: str | None = None  # why the secrets could not be read (`orch plan` only)
 
     @classmethod
-    def load(cls, path: Path, with_secrets: bool = True) -> Deployment:
-        """Load and validate everything; read the secrets (unless `with_secrets` is False)."""
+    def load(cls, path: Path, with_secrets: bool = True, secrets_optional: bool = False
+             ) -> Deployment:
+        """Load and validate everything; read the secrets (unless `with_secrets` is False;
+        with `secrets_optional` an unreadable secret is noted, not an error)."""
         inv = config.load_inventory(path)
         pb_path = config.find_playbook(inv.playbook, path)
         pb = config.load_playbook(pb_path)
         prof = config.load_profile(pb.profile, pb_path)
-        sec = secrets.resolve(inv, str(path)) if with_secrets else None
-        dep = cls(path, inv, pb, prof, sec)
-        dep.static_plan()  # topology errors surface before anything is contacted
+        sec, unread = None, None
+        if with_secrets:
+            try:
+                sec = secrets.resolve(inv, str(path))
+            except InventoryError as exc:
+                if not secrets_optional:
+                    raise
+                unread = str(exc)
+        dep = cls(path, inv, pb, prof, sec, unread)
+        dep.plan()  # topology errors surface before anything is contacted
         return dep
 
     @property
     def api_key(self) -> str | None:
         return self.secrets.api_key if self.secrets else None
 
-    def static_plan(self, nets: dict[str, NodeNet] | None = None) -> Plan:
+    def plan(self, nets: dict[str, NodeNet] | None = None) -> Fleet:
+        """The fleet with the NICs/IPs known (`nets`: detected ones; others are placeholders)."""
         digest = self.secrets.digest() if self.secrets else None
-        return build_plan(self.inv, self.playbook, self.profile, nets, digest)
+        fleet = fleet_plan(self.inv, self.playbook, self.profile, nets, digest)
+        if self.secrets_unread:
+            fleet.warnings.append(
+                f"secrets not readable here ({self.secrets_unread}): container names and spec "
+                "hashes shown differ from the ones `orch up` creates")
+        return fleet
 
     def targets(self, accept_new: bool = False) -> list[Target]:
         return [Target.of(self.inv, n, accept_new) for n in self.inv.nodes]
@@ -66,6 +90,9 @@ class Session:
     # the socket is not reachable, the CLI is used) and, for repeated looks, a long-lived shell
     _apis: dict[str, tuple[Host, runtime_api.RuntimeApi | None]] = field(default_factory=dict)
     _shells: dict[str, Shell] = field(default_factory=dict)
+    # each node's network facts (netinfo.FACTS_SCRIPT's text) as last read: the preflight
+    # reuses them instead of gathering them again
+    facts_seen: dict[str, str] = field(default_factory=dict)
 
     @property
     def runtime(self) -> str:
@@ -104,6 +131,13 @@ class Session:
             shell.close()
         h.close()
 
+    def adopt(self, hosts: dict[str, Host], errors: dict[str, BaseException]) -> None:
+        """Take fresh connections (the keeper reconnecting nodes it lost)."""
+        self.hosts.update(hosts)
+        for name in hosts:
+            self.unreachable.pop(name, None)
+        self.unreachable.update(errors)
+
     async def nets(self, tolerant: bool = False) -> dict[str, NodeNet]:
         async def facts(h: Host) -> NodeNet:
             node = next(n for n in self.dep.inv.nodes if n.name == h.name)
@@ -117,14 +151,14 @@ class Session:
             else:
                 out[name] = r
         if errors and not tolerant:
-            raise _combine(errors)
+            raise combine(errors)
         return out
 
-    async def plan(self, tolerant: bool = False) -> Plan:
-        """The plan with every node's NIC/IP resolved on the host (tolerant: skip failures)."""
-        return self.dep.static_plan(await self.nets(tolerant))
+    async def plan(self, tolerant: bool = False) -> Fleet:
+        """The fleet with every node's NIC/IP resolved on the host (tolerant: skip failures)."""
+        return self.dep.plan(await self.nets(tolerant))
 
-    async def containers(self, h: Host, all_deployments: bool = False) -> list[runtime.Container]:
+    async def containers(self, h: Host, all_deployments: bool = False) -> list[Container]:
         return runtime.parse_objects(await self.inspect_containers(h, all_deployments))
 
     async def inspect_containers(self, h: Host, all_deployments: bool = False) -> list[dict[str, object]]:
@@ -139,8 +173,8 @@ class Session:
         if api is not None:
             try:
                 return await api.inspect_all(dep, h.name), "api"
-            except runtime_api.ApiUnavailable as exc:
-                log.info("runtime API not reachable, using the CLI", node=h.name, reason=str(exc))
+            except RuntimeApiUnavailable as exc:
+                log.info("runtime API not reachable, using the CLI", node=h.name, reason=exc.message)
                 self._keep(self._apis, h, (h, None))
         r = await h.run(runtime.ps_ids(self.runtime, dep, h.name), timeout=30)
         ids = r.stdout.split()
@@ -167,15 +201,18 @@ class Session:
         """The node's network facts (netinfo.FACTS_SCRIPT); `kept`: in a long-lived shell
         (for repeated looks) instead of an SSH exec of its own."""
         if not kept:
-            return (await h.sh(netinfo.FACTS_SCRIPT, timeout=20)).stdout
-        shell = self._shells.get(h.name)
-        if shell is None or shell.host is not h:
-            shell = Shell(h)
-            self._keep(self._shells, h, shell)
-        r = await shell.run(netinfo.FACTS_SCRIPT, timeout=20)
-        if not r.ok:
-            raise CommandError(h.name, ["sh", "-c", "(facts)"], r.rc, r.stdout)
-        return r.stdout
+            text = (await h.sh(netinfo.FACTS_SCRIPT, timeout=20)).stdout
+        else:
+            shell = self._shells.get(h.name)
+            if shell is None or shell.host is not h:
+                shell = Shell(h)
+                self._keep(self._shells, h, shell)
+            r = await shell.run(netinfo.FACTS_SCRIPT, timeout=20)
+            if not r.ok:
+                raise CommandError(h.name, ["sh", "-c", "(facts)"], r.rc, r.stdout)
+            text = r.stdout
+        self.facts_seen[h.name] = text
+        return text
 
     async def snapshot(self, kept: bool = False) -> Snapshot:
         """Facts and containers of every reachable node, both at once on each node."""
@@ -207,8 +244,11 @@ class Session:
                 snap.looks[name] = r
         return snap
 
-    async def remove(self, h: Host) -> list[str]:
-        cs = await self.containers(h)
+    async def remove(self, h: Host, select: Callable[[Container], bool] | None = None
+                     ) -> list[str]:
+        """Remove this deployment's containers on the node (those `select` picks, else all);
+        their names."""
+        cs = [c for c in await self.containers(h) if select is None or select(c)]
         if cs:
             await h.run(runtime.remove(self.runtime, [c.id for c in cs]), timeout=120)
         return [c.name for c in cs]
@@ -222,7 +262,8 @@ class Session:
             self._forget(h)
 
 
-def _combine(errors: list[BaseException]) -> OrchError:
+def combine(errors: list[BaseException]) -> OrchError:
+    """One error for several nodes' errors (a non-orch error is re-raised as it is)."""
     for e in errors:
         if not isinstance(e, OrchError):
             raise e
@@ -234,8 +275,19 @@ async def open_session(dep: Deployment, *, require_all: bool = True, accept_new:
     hosts, errors = await connect_all(dep.targets(accept_new))
     if errors and require_all:
         close_all(hosts)
-        raise _combine(list(errors.values()))
+        raise combine(list(errors.values()))
     return Session(dep, hosts, errors)
 
 
-__all__ = ["Deployment", "Session", "open_session", "ConnectError"]
+@contextlib.asynccontextmanager
+async def connected(dep: Deployment, *, require_all: bool = True, accept_new: bool = False
+                    ) -> AsyncIterator[Session]:
+    """A session with every node (or every reachable one: require_all=False), closed after."""
+    s = await open_session(dep, require_all=require_all, accept_new=accept_new)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+__all__ = ["Deployment", "Session", "combine", "connected", "open_session"]

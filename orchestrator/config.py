@@ -102,13 +102,24 @@ def find_playbook(name: str, inventory_path: Path | None = None) -> Path:
         raise PlaybookError(f"playbook file {p} does not exist")
     dirs = playbook_dirs(inventory_path)
     for d in dirs:
-        p = d / f"{name}.yaml"
-        if p.is_file():
-            return p
-    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml") if not p.name.startswith("_")})
+        found = [p for p in playbook_files(d) if p.stem == name]
+        if found:
+            return found[0]
+    known = sorted({p.stem for d in dirs for p in playbook_files(d)})
     raise PlaybookError(
         f"playbook {name!r} not found in {', '.join(map(str, dirs))}; known: {', '.join(known)}"
     )
+
+
+def playbook_files(d: Path) -> list[Path]:
+    """The playbook files of a playbook folder: its *.yaml, then those of its subfolders
+    (pd/, ...), hardware profiles (profiles/) and files starting with '_' left out."""
+    if not d.is_dir():
+        return []
+    top = sorted(p for p in d.glob("*.yaml") if not p.name.startswith("_"))
+    sub = sorted(p for p in d.glob("*/**/*.yaml")
+                 if "profiles" not in p.relative_to(d).parts and not p.name.startswith("_"))
+    return top + sub
 
 
 def load_playbook(path: Path) -> Playbook:
@@ -124,8 +135,4 @@ def load_profile(name: str, playbook_path: Path) -> Profile:
 
 
 def list_playbooks() -> list[tuple[Path, Playbook]]:
-    out = []
-    for d in playbook_dirs():
-        if d.is_dir():
-            out.extend((p, load_playbook(p)) for p in sorted(d.glob("*.yaml")) if not p.name.startswith("_"))
-    return out
+    return [(p, load_playbook(p)) for d in playbook_dirs() for p in playbook_files(d)]

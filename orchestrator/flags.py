@@ -80,7 +80,7 @@ def check_flags(argv: Iterable[str], version_text: str, where: str) -> None:
             continue
         flag = canonical(tok)
         life = FLAG_LIFETIMES.get(flag)
-        if life is None or alive(life, version):
+        if life is None or alive(life[:2], version):
             continue
         since, until, hint = life
         why = f"removed in vLLM {until}" if until and version >= parse_version(until) else f"added in vLLM {since}"

@@ -85,7 +85,7 @@ async def snapshot(dep: Deployment, timeout: float = REPLY_TIMEOUT_S) -> Snapsho
         return None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None  # a keeper that died without cleaning up: the next one replaces it
     try:
         writer.write(json.dumps({"protocol": PROTOCOL, "op": "snapshot"}).encode() + b"\n")
@@ -95,7 +95,7 @@ async def snapshot(dep: Deployment, timeout: float = REPLY_TIMEOUT_S) -> Snapsho
             log.warning("keeper answered something else; connecting directly", reply=str(reply)[:200])
             return None
         return Snapshot.from_json(reply["snapshot"])
-    except (OSError, ValueError, KeyError, TypeError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("keeper did not answer; connecting directly", error=str(exc) or type(exc).__name__)
         return None
     finally:
@@ -206,7 +206,7 @@ class Keeper:
             self.served += 1
             writer.write(json.dumps({"protocol": PROTOCOL, "snapshot": snap.to_json()}).encode() + b"\n")
             await writer.drain()
-        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ValueError) as exc:
             log.warning("request failed", error=str(exc) or type(exc).__name__)
         finally:
             writer.close()

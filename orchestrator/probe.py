@@ -6,13 +6,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from .errors import ProbeError
 
-class ProbeError(Exception):
-    """An API probe got no (good) answer; `reason` is one line for the operator."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+__all__ = ["Api", "ApiState", "ProbeError"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +19,16 @@ class ApiState:
     reason: str
 
 
+# The transport every Api uses when set (tests: httpx.MockTransport); None: the network.
+TRANSPORT: httpx.AsyncBaseTransport | None = None
+
+
 class Api:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
-        self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, trust_env=False)
+        self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout,
+                                         trust_env=False, transport=TRANSPORT)
 
     async def __aenter__(self) -> Api:
         return self
@@ -65,6 +66,15 @@ class Api:
 
     async def health(self) -> int:
         return (await self._get("/health")).status_code
+
+    async def get_json(self, path: str) -> tuple[int, dict[str, object]]:
+        """GET path: (status, the JSON object answered, {} when it is none)."""
+        r = await self._get(path)
+        try:
+            body = r.json()
+        except ValueError:
+            return r.status_code, {}
+        return r.status_code, body if isinstance(body, dict) else {}
 
     async def metrics(self) -> str:
         r = await self._get("/metrics")

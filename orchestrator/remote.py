@@ -19,6 +19,7 @@ import asyncssh
 from .errors import ChannelRefused, CommandError, ConnectError
 from .inventory import Inventory, Node
 from .retry import policy
+from .state import state_dir
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Host:
                 raise ConnectError.lost(self.name, f"connection lost while opening {path}: "
                                         f"{exc.reason}") from exc
             raise ChannelRefused(self.name, f"sshd did not open {path}: {exc.reason}") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise ChannelRefused(self.name, f"sshd did not open {path} within {timeout:.0f}s") from exc
         except (asyncssh.Error, OSError) as exc:
             raise ConnectError.lost(self.name, f"connection lost while opening {path}: {exc}") from exc
@@ -172,7 +173,7 @@ class Shell:
         async with self._lock:
             try:
                 return await asyncio.wait_for(self._run(framed, marker), timeout)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 self.close()
                 raise CommandError(self.host.name, ["sh", "(kept)"], None,
                                    f"timed out after {timeout:.0f}s") from exc
@@ -214,8 +215,6 @@ def _text(v: object) -> str:
 def known_hosts_files(t: Target) -> list[Path]:
     """Where host keys are trusted from: the inventory's file (else ~/.ssh/known_hosts), plus
     orch's own file of keys accepted with --accept-new-host-keys."""
-    from .state import state_dir
-
     primary = Path(_expand(t.known_hosts) or os.path.expanduser("~/.ssh/known_hosts"))
     return [primary, state_dir() / "known_hosts"]
 
@@ -247,7 +246,7 @@ async def _fingerprint(t: Target, opts: dict[str, object]) -> tuple[str, str] | 
     kw = {k: v for k, v in opts.items() if k in ("port", "tunnel", "config")}
     try:
         key = await asyncio.wait_for(asyncssh.get_server_host_key(t.host, **kw), 15)  # type: ignore[arg-type]
-    except (asyncssh.Error, OSError, asyncio.TimeoutError):
+    except (TimeoutError, asyncssh.Error, OSError):
         return None
     if key is None:
         return None
@@ -256,8 +255,6 @@ async def _fingerprint(t: Target, opts: dict[str, object]) -> tuple[str, str] | 
 
 
 def _remember_host_key(line: str) -> None:
-    from .state import state_dir
-
     p = state_dir() / "known_hosts"
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
@@ -278,7 +275,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
         opts["tunnel"] = t.jump
     data = _known_hosts_data(t)
     try:
-        return await asyncssh.connect(t.host, known_hosts=_known_hosts(data), **opts)  # type: ignore[arg-type]
+        return await asyncssh.connect(t.host, known_hosts=_known_hosts(data), **opts)
     except asyncssh.HostKeyNotVerifiable as exc:
         seen = await _fingerprint(t, opts)
         fp = seen[0] if seen else "unknown"
@@ -294,7 +291,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
         if t.accept_new and seen:
             _remember_host_key(seen[1])
             trusted = _known_hosts(_known_hosts_data(t))
-            return await asyncssh.connect(t.host, known_hosts=trusted, **opts)  # type: ignore[arg-type]
+            return await asyncssh.connect(t.host, known_hosts=trusted, **opts)
         raise ConnectError(
             t.node,
             f"host key of {t.host} is unknown ({fp}); verify it and add it to {files}, "
@@ -304,7 +301,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
         raise ConnectError(
             t.node, f"SSH login to {t.host} as {t.user or 'default user'} refused: {exc.reason}"
         ) from exc
-    except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, asyncssh.Error, OSError) as exc:
         msg = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         raise ConnectError.lost(t.node, f"cannot connect to {t.host}:{t.port or 22}: {msg}") from exc
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .plan import LABEL_DEPLOYMENT, LABEL_NODE, LABEL_SPEC
@@ -89,7 +89,7 @@ def parse_time(v: object) -> datetime | None:
         base, frac = clock.split(".", 1)
         clock = f"{base}.{frac[:6]}"
     try:
-        return datetime.fromisoformat(f"{date}T{clock}{sign}{tz}").astimezone(timezone.utc)
+        return datetime.fromisoformat(f"{date}T{clock}{sign}{tz}").astimezone(UTC)
     except ValueError:
         return None
 

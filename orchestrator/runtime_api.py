@@ -20,6 +20,7 @@ import asyncssh
 import httpcore
 
 from .errors import ChannelRefused, ConnectError, RuntimeApiError
+from .errors import RuntimeApiUnavailable as ApiUnavailable
 from .plan import LABEL_DEPLOYMENT, LABEL_NODE
 from .remote import Host
 
@@ -34,10 +35,6 @@ def socket_path(runtime: str, configured: str | None) -> str | None:
     return configured or DEFAULT_SOCKETS[runtime]
 
 
-class ApiUnavailable(Exception):
-    """The runtime's socket cannot be reached over this SSH connection: use the CLI."""
-
-
 class _Stream(httpcore.AsyncNetworkStream):
     def __init__(self, reader: Any, writer: Any) -> None:
         self._r, self._w = reader, writer
@@ -45,7 +42,7 @@ class _Stream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
             return await asyncio.wait_for(self._r.read(max_bytes), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise httpcore.ReadTimeout(str(exc)) from exc
         except (OSError, asyncssh.Error) as exc:  # the channel broke
             raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
@@ -123,14 +120,14 @@ class RuntimeApi:
             r = await self._pool.request("GET", f"http://localhost{path}", extensions=ext)
         except ChannelRefused as exc:
             await self.aclose()
-            raise ApiUnavailable(exc.message) from exc
-        except (httpcore.TimeoutException, asyncio.TimeoutError) as exc:
+            raise ApiUnavailable(self.host.name, exc.message) from exc
+        except (TimeoutError, httpcore.TimeoutException) as exc:
             await self.aclose()
             raise RuntimeApiError(self.host.name, f"{self.socket}: no answer within "
                                   f"{self.timeout:.0f}s to GET {path}") from exc
         if r.status == 404 and path.startswith("/containers/json"):
             await self.aclose()
-            raise ApiUnavailable(f"{self.socket} answers 404 to the container list: not a "
+            raise ApiUnavailable(self.host.name, f"{self.socket} answers 404 to the container list: not a "
                                  "docker-compatible API")
         if r.status != 200:
             text = r.content.decode(errors="replace")[:300]

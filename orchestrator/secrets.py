@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from pathlib import Path
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from .errors import InventoryError
 from .inventory import Inventory, SecretRef
@@ -75,6 +77,6 @@ def mask(text: str) -> str:
     return re.sub(pattern, MASK, text)
 
 
-def mask_event(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+def mask_event(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secret values in every string of a log event."""
     return {k: mask(v) if isinstance(v, str) else v for k, v in event.items()}

@@ -45,7 +45,7 @@ def is_vision_language(model: str, served: str) -> bool:
 
 async def run_smoke(api: Api, served: str, model: str, vision: bool | None = None,
                     max_tokens: int = 32) -> list[SmokeResult]:
-    checks: list[tuple[str, object]] = [
+    checks: list[tuple[str, tuple[str, object]]] = [
         ("completion", ("complete", "The capital of France is")),
         ("chat", ("chat", [{"type": "text", "text": "Say hello in five words."}])),
     ]
@@ -54,11 +54,11 @@ async def run_smoke(api: Api, served: str, model: str, vision: bool | None = Non
             {"type": "image_url", "image_url": {"url": png_data_url()}},
             {"type": "text", "text": "What colours are in this image?"}])))
     out = []
-    for name, (kind, arg) in checks:  # type: ignore[misc]
+    for name, (kind, arg) in checks:
         t0 = time.monotonic()
         try:
             if kind == "complete":
-                ans = await api.complete(served, prompt=arg, max_tokens=max_tokens)  # type: ignore[arg-type]
+                ans = await api.complete(served, prompt=str(arg), max_tokens=max_tokens)
             else:
                 ans = await api.chat(served, arg, max_tokens=max_tokens)
             out.append(SmokeResult(name, True, time.monotonic() - t0, ans))

@@ -6,10 +6,14 @@ files 0600: nothing secret is written here, but logs can reveal topology.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from pathlib import Path
+
+from .errors import LockedError
+from .secrets import mask
 
 
 def state_dir() -> Path:
@@ -63,8 +67,6 @@ def save_log_tails(deployment: str, tails: dict[str, str], kind: str = "failed")
     """Save each node's log tail (masked, 0600) under deployments/NAME/KIND/TIME/NODE.log."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     d = deployment_dir(deployment) / kind / stamp
-    from .secrets import mask
-
     for node, text in tails.items():
         write_private(d / f"{node}.log", mask(text))
     return d
@@ -74,8 +76,6 @@ def append_history(deployment: str, record: dict[str, object]) -> None:
     p = deployment_dir(deployment) / "history.jsonl"
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
-        from .secrets import mask
-
         f.write(mask(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record})) + "\n")
 
 
@@ -89,10 +89,6 @@ class DeploymentLock:
         self._fd: int | None = None
 
     def __enter__(self) -> DeploymentLock:
-        import fcntl
-
-        from .errors import LockedError
-
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

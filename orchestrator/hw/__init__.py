@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
+from orchestrator.errors import ParseError
+
 __all__ = [
     "Finding",
     "ParseError",
@@ -30,19 +32,6 @@ __all__ = [
 ]
 
 Status = Literal["pass", "warn", "fail"]
-
-
-class ParseError(Exception):
-    """A tool printed something no known version of it prints.
-
-    Plain `Exception` for now; to be re-parented under `orchestrator.errors.OrchError`.
-    """
-
-    def __init__(self, tool: str, reason: str, excerpt: str = "") -> None:
-        self.tool = tool
-        self.reason = reason
-        self.excerpt = excerpt[:300]
-        super().__init__(f"{tool}: {reason}" + (f" (got: {self.excerpt!r})" if excerpt else ""))
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,8 @@ def ascend_verdicts(npu_info: NpuSmiInfo | None, per_npu: Mapping[int, NpuLinkFa
                      + f" holding {p.mem_mb} MB" for n, p in busy], [],
         "no processes on the NPUs", "stop the process or container holding the NPU (e.g. a "
         "previous vLLM run: docker ps; kill <pid>) or use other devices"))
-    full, high = [], []
+    full: list[str] = []
+    high: list[str] = []
     for n in use:
         pct = 100.0 * n.hbm_used_mb / n.hbm_total_mb if n.hbm_total_mb else 100.0
         msg = f"{_label(n)} HBM {n.hbm_used_mb}/{n.hbm_total_mb} MB used ({pct:.0f}%)"

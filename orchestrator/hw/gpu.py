@@ -70,11 +70,11 @@ def parse_rocm_smi_json(text: str) -> list[Gpu]:
         raise ParseError(tool, "no output: rocm-smi is not installed or not on PATH", text)
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ParseError(tool, f"not JSON ({exc.msg})", text) from exc
     if not isinstance(data, dict):
         raise ParseError(tool, "top level is not an object", text)
-    system = data.get("system") if isinstance(data.get("system"), dict) else {}
+    system: dict[str, str] = data["system"] if isinstance(data.get("system"), dict) else {}
     sys_driver = _get(system, "Driver version") or ""
     gpus = []
     for key, card in data.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ..hw import Finding, ParseError, ProbeOutput, split_probe_output
 from ..hw.ascend import NpuLinkFacts, ascend_verdicts, parse_hccn_ping, tls_consistency
@@ -19,15 +19,21 @@ DRIVER_FIX = ("install the same driver (and CANN) version on every node; mixed v
               "known cause of multi-node hangs")
 
 
-def need_devices(spec: NodeSpec) -> int:
-    """Tensor parallel x local data parallel: the accelerators this node's ranks use."""
-    argv = spec.serve_argv
-    tp = 1
-    if "--tensor-parallel-size" in argv:
-        i = argv.index("--tensor-parallel-size")
-        if i + 1 < len(argv) and argv[i + 1].isdigit():
-            tp = int(argv[i + 1])
-    return tp * max(1, spec.dp_local)
+def need_devices(specs: Sequence[NodeSpec]) -> int:
+    """Tensor parallel x local data parallel, over the node's vLLM containers: the
+    accelerators its ranks use (a proxy or router uses none)."""
+    total = 0
+    for spec in specs:
+        if spec.role in ("proxy", "router"):
+            continue
+        argv = spec.serve_argv
+        tp = 1
+        if "--tensor-parallel-size" in argv:
+            i = argv.index("--tensor-parallel-size")
+            if i + 1 < len(argv) and argv[i + 1].isdigit():
+                tp = int(argv[i + 1])
+        total += tp * max(1, len(spec.ranks))
+    return total
 
 
 def _from(node: str, f: Finding) -> CheckResult:
@@ -49,13 +55,16 @@ def npu_ips(probe: AscendProbe) -> dict[int, str]:
     return out
 
 
-def hccn_ping_plan(probes: Mapping[str, AscendProbe]) -> dict[str, dict[int, list[str]]]:
-    """{node: {device: [the same device's address on every peer]}}: only from and to devices
-    that are UP with an address (the others already fail hccn.link / hccn.ip on their node)."""
+def hccn_ping_plan(probes: Mapping[str, AscendProbe],
+                   peers: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[int, list[str]]]:
+    """{node: {device: [the same device's address on each peer]}}: only from and to devices
+    that are UP with an address (the others already fail hccn.link / hccn.ip on their node).
+    `peers`: whom each node pings (peers.probe_peers); every other node when None."""
     ips = {n: npu_ips(p) for n, p in probes.items()}
     plan: dict[str, dict[int, list[str]]] = {}
     for n, mine in ips.items():
-        plan[n] = {d: [ips[p][d] for p in ips if p != n and d in ips[p]] for d in mine}
+        them = [p for p in (peers[n] if peers is not None else ips) if p in ips and p != n]
+        plan[n] = {d: [ips[p][d] for p in them if d in ips[p]] for d in mine}
         plan[n] = {d: v for d, v in plan[n].items() if v}
     return plan
 
@@ -73,7 +82,7 @@ def with_pings(probe: AscendProbe, hccn_text: str) -> dict[int, NpuLinkFacts]:
             if d in pings else f for d, f in probe.per_npu.items()}
 
 
-def ascend_checks(specs: Mapping[str, NodeSpec], probes: Mapping[str, AscendProbe | None],
+def ascend_checks(specs: Mapping[str, Sequence[NodeSpec]], probes: Mapping[str, AscendProbe | None],
                   hccn_text: Mapping[str, str], errors: Mapping[str, str]) -> list[CheckResult]:
     """npu.*, hccn.* per node plus the cross-node hccn.tls, NPU address clashes, driver.same.
     `errors`: nodes whose probe did not run (one npu.count fail each)."""
@@ -149,7 +158,7 @@ def _npu_ip_clashes(probes: Mapping[str, AscendProbe | None],
 # -------------------------------------------------------------------------------- GPU
 
 
-def gpu_checks(kind: str, specs: Mapping[str, NodeSpec], secs: Mapping[str, ProbeOutput | None],
+def gpu_checks(kind: str, specs: Mapping[str, Sequence[NodeSpec]], secs: Mapping[str, ProbeOutput | None],
                ) -> list[CheckResult]:
     out: list[CheckResult] = []
     drivers: dict[str, str] = {}

@@ -75,8 +75,12 @@ def _text(sec: ProbeOutput | None) -> str:
     return sec.text.strip() if sec else ""
 
 
-def parse_gather(text: str) -> NodeFacts:
+def parse_gather(text: str, net_facts: str | None = None) -> NodeFacts:
+    """The gather script's output; `net_facts`: the node's network facts read before (the
+    script then had no `net` section)."""
     secs = {" ".join(k): v for k, v in split_probe_output(text).items()}
+    if net_facts is not None:
+        secs["net"] = ProbeOutput(net_facts, 0)
     f = NodeFacts()
     sid = secs.get("id")
     if sid and sid.rc == 0 and _text(sid).isdigit():

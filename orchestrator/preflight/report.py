@@ -6,8 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from rich.table import Table
-
 Status = Literal["pass", "warn", "fail"]
 
 # Every check, in report order. Which apply depends on the profile kind and the topology.
@@ -74,41 +72,3 @@ def order(results: Iterable[CheckResult], nodes: list[str]) -> list[CheckResult]
     pos = {n: i for i, n in enumerate(nodes)}
     return sorted(results, key=lambda r: (pos.get(r.node, len(pos)), rank.get(r.check, 999),
                                           r.check))
-
-
-_STYLE = {"pass": "[green]pass[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
-
-
-def print_report(report: Report) -> None:
-    """A table (one row per check, one column per node), then one line per failure and per
-    warning with its reason and fix, then the verdict."""
-    from ..render import console
-
-    nodes = list(dict.fromkeys(r.node for r in report.results))
-    checks = [c for c in CHECKS if any(r.check == c for r in report.results)]
-    checks += sorted({r.check for r in report.results} - set(checks))
-    cell = {(r.node, r.check): r.status for r in report.results}
-    t = Table(title="preflight", title_justify="left")
-    t.add_column("check")
-    for n in nodes:
-        t.add_column(n, justify="center")
-    for c in checks:
-        t.add_row(c, *(_STYLE[cell[(n, c)]] if (n, c) in cell else "[dim]·[/]" for n in nodes))
-    console.print(t)
-    for status, label in (("fail", "[bold red]FAIL[/]"), ("warn", "[yellow]warn[/]")):
-        for r in report.by_status(status):
-            if r.reason == SKIPPED_REASON:
-                continue
-            console.print(f"{label} {r.node} {r.check}: ", end="")
-            console.print(r.reason, markup=False, highlight=False, end="")
-            if r.fix:
-                console.print("  [dim]fix:[/] ", end="")
-                console.print(r.fix, markup=False, highlight=False, end="")
-            console.print()
-    skips = sorted({r.check for r in report.results if r.reason == SKIPPED_REASON})
-    if skips:
-        console.print(f"[dim]skipped: {', '.join(skips)}[/]")
-    n_fail, n_warn = len(report.by_status("fail")), len(report.by_status("warn"))
-    verdict = "[bold red]failed[/]" if report.failed else "[green]ok[/]"
-    console.print(f"preflight {verdict}: {n_fail} failed, {n_warn} warnings, "
-                  f"{len(nodes)} nodes in {report.seconds:.1f}s")

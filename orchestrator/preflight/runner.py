@@ -1,9 +1,11 @@
 """run_checks and clean_stale: the SSH side of the preflight.
 
 Two rounds, every node at once in each:
-    1. gather (+ the Ascend probe, on a second channel of the same connection)
-    2. cross: pings to the peers, the head's short test listeners and the peers' connects,
-       hccn_tool pings between NPUs
+    1. gather (+ the Ascend probe, on a second channel of the same connection); the network
+       facts the session read while planning are reused, not gathered again
+    2. cross, bounded per node (peers.py): pings to the group's head and ring neighbours,
+       short test listeners on the ports the plan's links dial and the connects along those
+       links, hccn_tool pings between NPUs of the same peers
 All decisions are made by the pure functions of `verdicts.py` / `accel.py`.
 """
 
@@ -19,17 +21,18 @@ from ..cluster import Session
 from ..errors import CommandError, ConnectError, TopologyError
 from ..hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from ..log import log
-from ..plan import NodeNet, Plan
+from ..plan import Fleet, Link, NodeNet
 from . import scripts
 from .accel import ascend_checks, gpu_checks, hccn_ping_plan
 from .parse import CrossFacts, NodeFacts, image_id, parse_cross, parse_gather
+from .peers import incoming, probe_peers
 from .report import CHECKS, SKIPPED_REASON, CheckResult, Report, order, skipped
 from .verdicts import (
     NodeCtx,
+    link_checks,
     node_checks,
     ping_checks,
     port_users,
-    ports_reachable_checks,
     res,
     runtime_ok,
     same_checks,
@@ -43,14 +46,14 @@ CROSS_TIMEOUT = 30  # pings and connects are bounded by scripts.*_DEADLINE; this
 HCCN_PING_TIMEOUT = 35  # per peer, each NPU's pings run one after the other
 
 
-def applicable(kind: str, multi: bool, head: bool, model_is_path: bool) -> list[str]:
+def applicable(kind: str, multi: bool, has_ports: bool, model_is_path: bool) -> list[str]:
     """The checks a reachable node gets (for --skip-checks rows)."""
     out = [c for c in CHECKS[:14] if c not in ("net.ping", "ports.reachable", "ports.free",
                                                "image.same", "model.same")]
     if multi:
         out += ["net.ping", "ports.reachable", "image.same"] + (["model.same"] if model_is_path
                                                                 else [])
-    if head:
+    if has_ports:
         out.append("ports.free")
     if kind == "ascend":
         out += [c for c in ASCEND_CHECKS if multi or c != "hccn.ping"]
@@ -74,11 +77,11 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset()) -> Report:
+async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset()) -> Report:
     t0 = time.monotonic()
     dep = s.dep
     kind = dep.profile.kind
-    names = [n.name for n in plan.nodes]
+    names = fleet.node_names()
     multi = len(names) > 1
     inv_nodes = {n.name: n for n in dep.inv.nodes}
     out: list[CheckResult] = []
@@ -91,10 +94,11 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
             out.append(res(n, "ssh.reachable", "fail", f"no SSH session to {n}",
                            "open the session with every node of the plan"))
     want_probe = kind == "ascend" and not all(skipped(c, skip) for c in ASCEND_CHECKS)
-    gather = scripts.gather_script(kind)
-    gargs = scripts.gather_args(dep.inv.runtime, plan.image, plan.model)
+    gargs = scripts.gather_args(dep.inv.runtime, dep.inv.image, dep.inv.model.path)
+    seen = dict(s.facts_seen)  # network facts the session read already: not gathered again
 
     async def round1(h: Any) -> tuple[Any, Any]:
+        gather = scripts.gather_script(kind, with_net=h.name not in seen)
         jobs = [h.run(["sh", "-c", gather, "sh", *gargs], check=False, timeout=GATHER_TIMEOUT)]
         if want_probe:
             node = inv_nodes[h.name]
@@ -128,7 +132,7 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
             continue
         out.append(res(n, "ssh.reachable", "pass", f"ssh to {h.target.host}"
                        if hasattr(h, "target") else "connected"))
-        facts[n] = parse_gather(g.stdout)
+        facts[n] = parse_gather(g.stdout, seen.get(n))
         if want_probe:
             if isinstance(p, BaseException) or p is None:
                 probe_errors[n] = _why(p) if p is not None else "no result"
@@ -143,60 +147,66 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
                 nets[n] = netinfo.resolve(inv_nodes[n], f.net)
             except TopologyError:
                 pass
-    eff = plan
-    if plan.unresolved:
+    eff = fleet
+    if fleet.unresolved:
         try:
-            eff = dep.static_plan(nets)
+            eff = dep.plan(nets)
         except TopologyError:
-            eff = plan
-    specs = {sp.name: sp for sp in eff.nodes}
+            eff = fleet
+    by_node = {n: eff.on(n) for n in names}
     c = dep.playbook.container
-    rpc = dep.inv.overrides.rpc_port or dep.playbook.ports.rpc
-    test_ports = [("API", eff.api_port)]
-    if dep.playbook.topology == "dp":
-        test_ports.append(("rpc", rpc))
     ctxs: dict[str, NodeCtx] = {}
     for n, f in facts.items():
-        ctxs[n] = NodeCtx(spec=specs[n], inv_node=inv_nodes[n], is_head=n == eff.head.name,
-                          runtime=dep.inv.runtime, deployment=eff.deployment, image=eff.image,
-                          model=eff.model, ports=tuple(test_ports), shm_size=c.shm_size,
+        ports = tuple(dict.fromkeys((p.label, p.number) for sp in by_node[n] for p in sp.listens))
+        ctxs[n] = NodeCtx(specs=tuple(by_node[n]), inv_node=inv_nodes[n], runtime=dep.inv.runtime,
+                          deployment=eff.deployment, image=dep.inv.image,
+                          model=dep.inv.model.path, ports=ports, shm_size=c.shm_size,
                           ipc_host=c.ipc_host)
         rs, _ = node_checks(ctxs[n], f, _user(s.hosts[n]))
         out += rs
 
     # cross-node values
+    image = dep.inv.image
+    model = dep.inv.model.path
     ids = {n: i for n, f in facts.items() if runtime_ok(f) and (i := image_id(f.image))}
     if multi:
         out += same_checks("image.same", ids, "image ID",
-                           f"pull the same tag on every node ({plan.image}); a tag pulled at "
+                           f"pull the same tag on every node ({image}); a tag pulled at "
                            "different times can be a different image: pin it by digest")
         sizes = {n: str(f.model_bytes) for n, f in facts.items()
                  if f.model == "ok" and f.model_bytes is not None}
         out += same_checks(
             "model.same", sizes, "model size",
-            f"copy the model again to the nodes that differ (`rsync -a --delete {plan.model}/ "
-            f"NODE:{plan.model}/`); a partial copy fails at load time",
+            f"copy the model again to the nodes that differ (`orch stage`, or `rsync -a "
+            f"--delete {model}/ NODE:{model}/`); a partial copy fails at load time",
             show=lambda v: f"{v} bytes")
 
-    # round 2
+    # round 2: probes bounded per node (peers.py), connects along the plan's links
     ips = {n: nets[n].ip for n in facts if n in nets}
-    head = eff.head.name
-    head_ip = ips.get(head)
-    users = port_users(ctxs[head], facts[head]) if head in facts else {}
-    busy, own_ports = set(users), {p for p, u in users.items() if u == "own"}
-    do_ports = multi and head_ip is not None and not skipped("ports.reachable", skip)
+    links = [lk for g in eff.groups for lk in g.links]
+    if eff.router is not None:
+        links += [Link(eff.router.name, g.entry.name, "API", g.api_port) for g in eff.groups
+                  if g.entry.name != eff.router.name]
+    heads = {n: g.head.name for g in eff.groups for n in g.node_names()}
+    peers = probe_peers(names, heads, links)
+    users = {n: port_users(ctxs[n], facts[n]) for n in facts if ctxs[n].ports}
+    busy = {n: set(u) for n, u in users.items()}
+    own = {n: {p for p, who in u.items() if who == "own"} for n, u in users.items()}
+    do_ports = multi and not skipped("ports.reachable", skip)
     do_ping = multi and not skipped("net.ping", skip)
-    hccn_plan = (hccn_ping_plan({n: p for n, p in probes.items() if p is not None})
+    hccn_plan = (hccn_ping_plan({n: p for n, p in probes.items() if p is not None}, peers)
                  if want_probe and multi and not skipped("hccn.ping", skip) else {})
+    tested = [lk for lk in links if lk.src in facts and lk.dst in facts and lk.dst in ips]
+    listeners = incoming(tested)
     ops: dict[str, list[str]] = {}
     for n in facts:
-        peers = [p for p in facts if p != n]
-        listen = ([(p, len(peers)) for _, p in test_ports if p not in busy]
-                  if do_ports and n == head else [])
-        connect = ([(head_ip, p) for _, p in test_ports if p not in busy or p in own_ports]
-                   if do_ports and n != head and head_ip else [])
-        ping = [ips[p] for p in peers if p in ips] if do_ping else []
-        a = scripts.cross_args(ping, connect, listen, hccn_plan.get(n))  # type: ignore[arg-type]
+        listen = ([(p, len(srcs)) for p, (_, srcs) in listeners.get(n, {}).items()
+                   if p not in busy.get(n, set())] if do_ports else [])
+        connect = ([(ips[lk.dst], lk.port) for lk in tested if lk.src == n
+                    and (lk.port not in busy.get(lk.dst, set()) or lk.port in own.get(lk.dst, set()))]
+                   if do_ports else [])
+        ping = [ips[p] for p in peers.get(n, []) if p in ips] if do_ping else []
+        a = scripts.cross_args(ping, list(dict.fromkeys(connect)), listen, hccn_plan.get(n))
         if a:
             ops[n] = a
     cross: dict[str, CrossFacts] = {}
@@ -222,38 +232,40 @@ async def run_checks(s: Session, plan: Plan, skip: frozenset[str] = frozenset())
     if do_ping:
         out += ping_checks(names, ips, {n: cf for n, cf in cross.items() if cf.pings})
     if do_ports:
-        out += ports_reachable_checks(head, head_ip, test_ports, busy, cross, own_ports)
+        out += link_checks(tested, ips, busy, own, cross)
     if kind == "ascend" and want_probe:
-        out += ascend_checks(specs, {n: probes.get(n) for n in facts if n not in probe_errors},
+        out += ascend_checks(by_node, {n: probes.get(n) for n in facts if n not in probe_errors},
                              hccn_text, probe_errors)
     elif kind in ("nvidia", "rocm"):
-        out += gpu_checks(kind, specs, {n: f.gpu for n, f in facts.items()})
+        out += gpu_checks(kind, by_node, {n: f.gpu for n, f in facts.items()})
 
-    out = _apply_skips(out, skip, facts, kind, multi, head, plan.model.startswith("/"))
+    out = _apply_skips(out, skip, facts, kind, multi, {n for n in facts if ctxs[n].ports},
+                       model.startswith("/"))
     return Report(order(out, names + sorted(set(s.unreachable) - set(names))),
                   time.monotonic() - t0)
 
 
 def _apply_skips(out: list[CheckResult], skip: Iterable[str], facts: dict[str, NodeFacts],
-                 kind: str, multi: bool, head: str, model_is_path: bool) -> list[CheckResult]:
+                 kind: str, multi: bool, with_ports: set[str], model_is_path: bool
+                 ) -> list[CheckResult]:
     skip = list(skip)
     if not skip:
         return out
     kept = [r for r in out if not skipped(r.check, skip)]
     rows = {(r.node, r.check) for r in out if skipped(r.check, skip)}
     for n in facts:
-        for c in applicable(kind, multi, n == head, model_is_path):
+        for c in applicable(kind, multi, n in with_ports, model_is_path):
             if skipped(c, skip):
                 rows.add((n, c))
     return kept + [res(n, c, "warn", SKIPPED_REASON, "") for n, c in sorted(rows)]
 
 
-async def clean_stale(s: Session, plan: Plan) -> dict[str, list[str]]:
+async def clean_stale(s: Session, fleet: Fleet) -> dict[str, list[str]]:
     """Remove /dev/shm/vllm-* and /dev/shm/psm_* segments that no process holds (fuser, or a
     scan of /proc/*/maps and fds) and that are older than a minute. Never kills anything.
     Returns the removed paths per node (nodes that could not be reached are left out)."""
     script = scripts.clean_script()
-    names = [n.name for n in plan.nodes]
+    names = fleet.node_names()
     removed: dict[str, list[str]] = {}
 
     async def clean(h: Any) -> Any:

@@ -47,7 +47,12 @@ held() {
 
 _GATHER = r"""
 RT=$1; IMAGE=$2; MODEL=$3
-tools() { for t in ping python3 perl bash timeout fuser ss du df ps nvidia-smi rocm-smi; do p=$(command -v "$t" 2>/dev/null) && echo "$t $p"; done; return 0; }
+tools() {
+  for t in ping python3 perl bash timeout fuser ss du df ps nvidia-smi rocm-smi rsync; do
+    p=$(command -v "$t" 2>/dev/null) && echo "$t $p"
+  done
+  return 0
+}
 netfacts() { %(facts)s; }
 rtinfo() {
   if [ "$RT" = podman ]; then lim 20 podman info --format '{{.Version.Version}}'
@@ -110,9 +115,12 @@ _GPU_QUERIES = {
 }
 
 
-def gather_script(kind: str) -> str:
-    """The round-1 script for a node of profile kind `kind`; args: RUNTIME IMAGE MODEL."""
+def gather_script(kind: str, with_net: bool = True) -> str:
+    """The round-1 script for a node of profile kind `kind`; args: RUNTIME IMAGE MODEL.
+    Without `with_net` it skips the network facts (the session read them already)."""
     body = _GATHER % {"facts": FACTS_SCRIPT}
+    if not with_net:
+        body = body.replace("run net netfacts\n", "")
     query = _GPU_QUERIES.get(kind)
     if query:
         body += f"run gpu lim 30 {shlex.join(query)}\n"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .. import netinfo
 from ..errors import TopologyError
 from ..inventory import Node
-from ..plan import LABEL_DEPLOYMENT, LABEL_NODE, NodeNet, NodeSpec, Plan
+from ..plan import LABEL_DEPLOYMENT, LABEL_NODE, Link, NodeNet, NodeSpec
 from ..runtime import Container
 from .parse import CrossFacts, NodeFacts, human, image_id, shm_size_bytes
 from .report import CheckResult, Status
@@ -33,20 +33,23 @@ def res(node: str, check: str, status: Status, reason: str, fix: str = "") -> Ch
 class NodeCtx:
     """What the checks of one node need to know about the deployment."""
 
-    spec: NodeSpec
+    specs: tuple[NodeSpec, ...]  # every container planned on the node
     inv_node: Node
-    is_head: bool
     runtime: str
     deployment: str
     image: str
     model: str
-    ports: tuple[tuple[str, int], ...]  # (label, port) the head binds: API, rpc
+    ports: tuple[tuple[str, int], ...]  # (label, port) its containers bind: API, rpc, ...
     shm_size: str | None
     ipc_host: bool
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.inv_node.name
+
+    @property
+    def spec_hashes(self) -> frozenset[str]:
+        return frozenset(s.spec_hash for s in self.specs)
 
 
 def own_containers(ctx: NodeCtx, cs: list[Container]) -> list[Container]:
@@ -87,7 +90,7 @@ def node_checks(ctx: NodeCtx, f: NodeFacts, user: str) -> tuple[list[CheckResult
                    "(storage, cgroups, runtime)")
             add(res(n, "runtime.daemon", "fail", f"`{rt} info` fails on {n}: {first[:200]}", fix))
     net = _nic(ctx, f, add)
-    if ctx.is_head:
+    if ctx.ports:
         _ports_free(ctx, f, add)
     if runtime_ok:
         iid = image_id(f.image)
@@ -140,7 +143,7 @@ def _nic(ctx: NodeCtx, f: NodeFacts, add) -> NodeNet | None:  # type: ignore[no-
 
 
 def port_users(ctx: NodeCtx, f: NodeFacts) -> dict[int, str]:
-    """The head's ports that have a listener: port -> "own" (this deployment's running
+    """The node's planned ports that have a listener: port -> "own" (this deployment's running
     container, matched by pid and cgroup) or a description of the listener."""
     own_ids = {c.id for c in own_containers(ctx, f.containers or []) if c.running}
     own_pids = {p.pid for p in f.procs if own_ids & set(p.container_ids)}
@@ -223,7 +226,7 @@ def _stale_containers(ctx: NodeCtx, f: NodeFacts, add) -> None:  # type: ignore[
                 f"{f.containers_error[:200]}", f"run `{ctx.runtime} ps -a` on {n}"))
         return
     own = own_containers(ctx, f.containers)
-    old = [c for c in own if c.spec_hash != ctx.spec.spec_hash]
+    old = [c for c in own if c.spec_hash not in ctx.spec_hashes]
     others = [c for c in f.containers if c.labels.get(LABEL_DEPLOYMENT) != ctx.deployment]
     msgs = [f"{c.name} ({c.status}) of this deployment has another spec" for c in old]
     deps = sorted({c.labels.get(LABEL_DEPLOYMENT, "?") for c in others})
@@ -236,7 +239,7 @@ def _stale_containers(ctx: NodeCtx, f: NodeFacts, add) -> None:  # type: ignore[
                 "orch up removes this deployment's old containers itself; remove another "
                 "deployment's with `orch down <its inventory>` (they hold devices and ports)"))
     else:
-        cur = [c for c in own if c.spec_hash == ctx.spec.spec_hash]
+        cur = [c for c in own if c.spec_hash in ctx.spec_hashes]
         add(res(n, "stale.containers", "pass", f"{cur[0].name} is this deployment, same spec "
                 f"({cur[0].status})" if cur else "no other orch containers"))
 
@@ -384,7 +387,7 @@ def ports_reachable_checks(head: str, head_ip: str | None, ports: list[tuple[str
                        "install python3 or perl on the head, or test by hand: `nc -l PORT` "
                        "there and `nc -zv HEAD PORT` from the others"))
     else:
-        out.append(res(head, "ports.reachable", "pass", f"{', '.join(f'{l} {p}' for l, p in ports)}"
+        out.append(res(head, "ports.reachable", "pass", f"{', '.join(f'{lbl} {p}' for lbl, p in ports)}"
                        f" on {head} reachable from {', '.join(peers)}"))
     for p in peers if tested else []:
         if peer_msgs[p]:
@@ -392,3 +395,44 @@ def ports_reachable_checks(head: str, head_ip: str | None, ports: list[tuple[str
         else:
             out.append(res(p, "ports.reachable", "pass", f"connects to {head} ({head_ip})"))
     return out
+
+
+_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def merge_rows(rows: list[CheckResult]) -> list[CheckResult]:
+    """One row per (node, check): the worst status, the reasons of that status joined."""
+    by: dict[tuple[str, str], list[CheckResult]] = {}
+    for r in rows:
+        by.setdefault((r.node, r.check), []).append(r)
+    out = []
+    for (node, check), rs in by.items():
+        worst = max(rs, key=lambda r: _RANK[r.status]).status
+        top = [r for r in rs if r.status == worst]
+        out.append(res(node, check, worst, "; ".join(dict.fromkeys(r.reason for r in top)),
+                       top[0].fix))
+    return out
+
+
+def link_checks(links: list[Link], ips: Mapping[str, str], busy: Mapping[str, set[int]],
+                own: Mapping[str, set[int]], cross: Mapping[str, CrossFacts]) -> list[CheckResult]:
+    """ports.reachable along the plan's links: for each destination node, the ports others
+    dial there, seen from those others (ports_reachable_checks per destination and set of
+    sources), merged into one row per node."""
+    want: dict[tuple[str, tuple[str, ...]], list[tuple[str, int]]] = {}
+    for dst in dict.fromkeys(lk.dst for lk in links):
+        srcs: dict[int, tuple[str, list[str]]] = {}
+        for lk in links:
+            if lk.dst == dst:
+                label, who = srcs.setdefault(lk.port, (lk.label, []))
+                if lk.src not in who and lk.src in cross:
+                    who.append(lk.src)
+        for port, (label, who) in srcs.items():
+            if who:
+                want.setdefault((dst, tuple(who)), []).append((label, port))
+    rows: list[CheckResult] = []
+    for (dst, srcs_of), ports in want.items():
+        sub = {n: cross[n] for n in (dst, *srcs_of) if n in cross}
+        rows += ports_reachable_checks(dst, ips.get(dst), ports, busy.get(dst, set()), sub,
+                                       own.get(dst, set()))
+    return merge_rows(rows)

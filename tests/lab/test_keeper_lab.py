@@ -133,7 +133,7 @@ def test_keeper_leaves_when_idle(lab, orch, tmp_path: Path) -> None:  # type: ig
              what="the idle keeper to exit")
     assert time.monotonic() - t0 >= 1  # it served its time first
     log = next((orch.state_dir / "keepers").glob("*.log")).read_text()
-    assert f'"reason": "idle for 2s"' in log, log
+    assert '"reason": "idle for 2s"' in log, log
 
     def gone() -> bool:  # exited (a zombie until init reaps it has an empty command line)
         try:

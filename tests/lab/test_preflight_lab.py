@@ -54,7 +54,7 @@ def check(inv: Path, skip: frozenset[str] = frozenset()) -> Report:
         dep = Deployment.load(inv)
         s = await open_session(dep)
         try:
-            return await run_checks(s, dep.static_plan(), skip)
+            return await run_checks(s, dep.plan(), skip)
         finally:
             s.close()
 
@@ -213,7 +213,7 @@ def test_clean_stale_removes_only_old_unheld_segments(lab, tmp_path):
                 dep = Deployment.load(inv)
                 s = await open_session(dep)
                 try:
-                    return await clean_stale(s, dep.static_plan())
+                    return await clean_stale(s, dep.plan())
                 finally:
                     s.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator.topologies.ray import count_nodes
+from orchestrator.deploy.launchers import count_ray_nodes as count_nodes
 from tests.lab.conftest import LAUNCH_TIMEOUT, containers
 
 API = "http://10.77.0.11:8000"

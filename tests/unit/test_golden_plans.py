@@ -92,7 +92,7 @@ def plan_of(path: Path, n: int | None, with_secrets: bool, tmp_path: Path,
         prof = config.load_profile(pb.profile, path)
         sec = secrets.resolve(inv) if with_secrets else None
         dep = Deployment(inv_path, inv, pb, prof, sec)
-    return view(dep.static_plan().to_json())
+    return view(dep.plan().to_json())
 
 
 @pytest.mark.parametrize(("name", "path", "n", "with_secrets"), cases(),

@@ -49,7 +49,7 @@ def test_secrets_never_reach_the_plan_and_rotation_changes_the_hash(tmp_path, mo
     keyfile.write_text("sk-apikey-0987654321\n")
     p = _inv(tmp_path, {"secrets": {"HF_TOKEN": {"env": "T_HF"}}, "api_key": {"file": str(keyfile)}})
     dep = Deployment.load(p)
-    plan = dep.static_plan()
+    plan = dep.plan()
     text = str(plan.to_json())
     assert "hf_supersecretvalue123" not in text and "sk-apikey-0987654321" not in text
     node = plan.nodes[0]
@@ -57,10 +57,10 @@ def test_secrets_never_reach_the_plan_and_rotation_changes_the_hash(tmp_path, mo
     assert node.to_json()["env"]["HF_TOKEN"] == "***"
     assert dep.secrets.env_file() == "HF_TOKEN=hf_supersecretvalue123\nVLLM_API_KEY=sk-apikey-0987654321\n"
     assert dep.api_key == "sk-apikey-0987654321"
-    assert not plan.warnings  # an API key is set: no 0.0.0.0 warning
+    assert not plan.warnings and not plan.groups[0].warnings  # an API key: no 0.0.0.0 warning
     assert secrets.mask("token hf_supersecretvalue123 in a log") == "token *** in a log"
     monkeypatch.setenv("T_HF", "hf_rotated_value_456")
-    assert Deployment.load(p).static_plan().nodes[0].spec_hash != node.spec_hash
+    assert Deployment.load(p).plan().nodes[0].spec_hash != node.spec_hash
 
 
 @pytest.mark.parametrize(("ref", "needle"), [
@@ -89,7 +89,7 @@ def test_png_is_a_valid_png():
 
 
 def test_bench_argv_uses_the_seed_preset():
-    plan = Deployment.load(ROOT / "inventory.example.yaml", with_secrets=False).static_plan()
+    plan = Deployment.load(ROOT / "inventory.example.yaml", with_secrets=False).plan()
     argv = bench_argv(plan, "seed-random-200", None)
     assert argv[:3] == ["vllm", "bench", "serve"]
     for k, v in PRESETS["seed-random-200"].items():

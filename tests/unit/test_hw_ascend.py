@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.hw import ParseError, recorded_output, split_probe_output
-from orchestrator.hw.ascend_probe import ascend_probe_script, parse_ascend_probe
 from orchestrator.hw.ascend import (
     NpuLinkFacts,
     PingResult,
@@ -29,6 +28,7 @@ from orchestrator.hw.ascend import (
     parse_npu_smi_info,
     tls_consistency,
 )
+from orchestrator.hw.ascend_probe import ascend_probe_script, parse_ascend_probe
 
 RECORDED = Path(__file__).parents[2] / "orchestrator" / "hw" / "recorded"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.hw import recorded_output
-from orchestrator.hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from orchestrator.hw.ascend import (
     ascend_verdicts,
     parse_npu_smi_info,
     tls_consistency,
 )
+from orchestrator.hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools, render_npu_smi_info
 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")

@@ -1,5 +1,5 @@
-"""deploy.Launches: launches are never cut in half, and a failed or interrupted block cleans
-up the whole group after the launches in flight finished."""
+"""deploy.launch.Launches: launches are never cut in half, and a failed or interrupted block
+cleans up the whole group after the launches in flight finished."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from orchestrator import deploy
+from orchestrator.deploy import launch as launch_mod
 
 
 class Spec:
@@ -28,16 +28,16 @@ def test_failure_waits_for_launches_in_flight_then_cleans_up(monkeypatch):
         events.append(f"done {spec.name}")
         return spec.name
 
-    async def cleanup(s, plan, keep, exc):  # type: ignore[no-untyped-def]
-        events.append(f"cleanup keep={keep} {type(exc).__name__}")
+    async def cleanup(self, exc):  # type: ignore[no-untyped-def]
+        events.append(f"cleanup keep={self.keep} {type(exc).__name__}")
 
-    monkeypatch.setattr(deploy, "launch", slow_launch)
-    monkeypatch.setattr(deploy, "_fail_cleanup", cleanup)
+    monkeypatch.setattr(launch_mod, "launch", slow_launch)
+    monkeypatch.setattr(launch_mod.Launches, "_cleanup", cleanup)
 
     async def body() -> None:
-        async with deploy.Launches(None, None, False) as ls:  # type: ignore[arg-type]
-            assert await ls.start(Spec("h0")) == "h0"
-            task = asyncio.ensure_future(ls.start_all([Spec("h1"), Spec("h2")]))
+        async with launch_mod.Launches(None, "d", ["h0"], False) as ls:  # type: ignore[arg-type]
+            assert await ls.start(Spec("h0")) == "h0"  # type: ignore[arg-type]
+            task = asyncio.ensure_future(ls.start_all([Spec("h1"), Spec("h2")]))  # type: ignore[list-item]
             await asyncio.sleep(0.05)
             task.cancel()  # like Ctrl-C while the headless ranks are being started
             await task
@@ -58,12 +58,12 @@ def test_success_does_not_clean_up(monkeypatch):
     async def cleanup(*a):  # type: ignore[no-untyped-def]
         calls.append("cleanup")
 
-    monkeypatch.setattr(deploy, "launch", fast_launch)
-    monkeypatch.setattr(deploy, "_fail_cleanup", cleanup)
+    monkeypatch.setattr(launch_mod, "launch", fast_launch)
+    monkeypatch.setattr(launch_mod.Launches, "_cleanup", cleanup)
 
     async def body() -> list[str]:
-        async with deploy.Launches(None, None, True) as ls:  # type: ignore[arg-type]
-            return [await ls.start(Spec("h0")), *await ls.start_all([Spec("h1")])]
+        async with launch_mod.Launches(None, "d", ["h0"], True) as ls:  # type: ignore[arg-type]
+            return [await ls.start(Spec("h0")), *await ls.start_all([Spec("h1")])]  # type: ignore[arg-type,list-item]
 
     assert run(body()) == ["id-h0", "id-h1"]
     assert calls == []

@@ -22,7 +22,7 @@ NODES = {
 
 @pytest.fixture(scope="module")
 def plan():
-    return Deployment.load(ROOT / "inventory.example.yaml").static_plan()
+    return Deployment.load(ROOT / "inventory.example.yaml").plan().groups[0]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,8 @@ def test_container_has_the_seeds_devices_and_mounts(plan, seed_blocks, node):
     ours = plan.node(node).argv
     pairs = set(flag_pairs(ours[: ours.index(plan.image)]))
     for flag, value in flag_pairs(seed[2:]):
-        if flag in ("--device", "-v", "--net", "--privileged", "--shm-size") or flag.startswith(("--net=", "--privileged=", "--shm-size=")):
+        if flag in ("--device", "-v", "--net", "--privileged", "--shm-size") or flag.startswith(
+                ("--net=", "--privileged=", "--shm-size=")):
             assert (flag, value) in pairs, f"{flag} {value} missing"
     assert ours[:3] == ["docker", "run", "-d"]
 
@@ -92,7 +93,7 @@ def test_golden_argv(plan):
 
 
 def test_container_names_are_deterministic_and_carry_the_spec(plan):
-    again = Deployment.load(ROOT / "inventory.example.yaml").static_plan()
+    again = Deployment.load(ROOT / "inventory.example.yaml").plan().groups[0]
     for a, b in zip(plan.nodes, again.nodes):
         assert a.container == b.container and a.argv == b.argv
         assert a.container.startswith("orch-qwen3-vl-") and a.spec_hash[:8] in a.container

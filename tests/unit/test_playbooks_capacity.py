@@ -10,8 +10,8 @@ import pytest
 from orchestrator import config
 from orchestrator.capacity import check_capacity, estimate
 from orchestrator.errors import TopologyError
-from orchestrator.playbook import ModelMemory, Parallel, Playbook, Profile
 from orchestrator.plan import build_plan
+from orchestrator.playbook import ModelMemory, Parallel, Playbook, Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 PB = ROOT / "playbooks"

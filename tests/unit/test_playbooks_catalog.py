@@ -11,8 +11,8 @@ import yaml
 
 from orchestrator import config
 from orchestrator.inventory import Inventory
-from orchestrator.pd import PDPlaybook
 from orchestrator.plan import build_plan
+from orchestrator.playbook import PDPlaybook
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted(p for p in (ROOT / "playbooks").glob("*.yaml") if not p.name.startswith("_"))

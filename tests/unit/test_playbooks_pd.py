@@ -13,8 +13,9 @@ import yaml
 from orchestrator import config
 from orchestrator.errors import TopologyError
 from orchestrator.flags import canonical
-from orchestrator.pd import PDPlaybook, plan_pd
 from orchestrator.plan import NodeNet
+from orchestrator.plan.pd import plan_pd
+from orchestrator.playbook import PDPlaybook
 from tests.seeds import command_env, exports, flag_pairs, section, seed_text, split_eq
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,10 @@ from orchestrator.cluster import Deployment, Session
 from orchestrator.errors import CommandError, ConnectError
 from orchestrator.hw import recorded_output
 from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools
-from orchestrator.preflight import clean_stale, print_report, run_checks
+from orchestrator.preflight import clean_stale, run_checks
 from orchestrator.preflight import scripts as S
 from orchestrator.remote import Result
+from orchestrator.render import print_report
 
 NODES = ["h0", "h1", "h2"]
 IMAGE_ID = "sha256:" + "ab" * 32
@@ -146,7 +147,7 @@ class FakeHost:
             return Result(0, self.world.cross(self.name, args), "")
         if kind == "clean":
             return Result(0, "removed /dev/shm/psm_dead\nkept /dev/shm/psm_live (in use)\n", "")
-        return Result(0, subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+        return Result(0, subprocess.run(["sh", "-c", script], capture_output=True, text=True,  # noqa: ASYNC221
                                         env={"PATH": f"{self.world.bins[self.name]}:/usr/bin:/bin"},
                                         timeout=60).stdout, "")
 
@@ -175,7 +176,7 @@ def session(dep: Deployment, world: World, unreachable: dict[str, BaseException]
 
 
 def check(dep: Deployment, world: World, skip: frozenset[str] = frozenset(), **kw):
-    return asyncio.run(run_checks(session(dep, world, **kw), dep.static_plan(), skip))
+    return asyncio.run(run_checks(session(dep, world, **kw), dep.plan(), skip))
 
 
 def not_passing(report) -> set[tuple[str, str, str]]:
@@ -322,7 +323,7 @@ def test_skip_checks_by_name_and_prefix(tmp_path):
 
 def test_stale_state(tmp_path):
     dep = deployment(tmp_path)
-    spec = dep.static_plan().node("h1").spec_hash
+    spec = dep.plan().groups[0].node("h1").spec_hash
     cid = "e" * 64
     ctrs = [
         {"Id": "1" * 64, "Name": "/orch-t-h1-old", "State": {"Status": "exited"},
@@ -348,7 +349,7 @@ def test_stale_state(tmp_path):
 
 def test_running_deployment_holding_its_own_ports_is_not_a_failure(tmp_path):
     dep = deployment(tmp_path)
-    spec = dep.static_plan().node("h0").spec_hash
+    spec = dep.plan().groups[0].node("h0").spec_hash
     cid = "f" * 64
     ctr = [{"Id": cid, "Name": "/orch-t-h0-cur", "State": {"Status": "running"},
             "Config": {"Labels": {"orch.deployment": "t", "orch.node": "h0", "orch.spec": spec}}}]
@@ -439,7 +440,7 @@ def test_nvidia_nodes(tmp_path):
 
 def test_clean_stale_returns_what_it_removed(tmp_path):
     dep = deployment(tmp_path)
-    got = asyncio.run(clean_stale(session(dep, World()), dep.static_plan()))
+    got = asyncio.run(clean_stale(session(dep, World()), dep.plan()))
     assert got == {n: ["/dev/shm/psm_dead"] for n in NODES}
 
 

@@ -26,14 +26,14 @@ from orchestrator.preflight.verdicts import (
 
 
 def spec(name: str = "h0", tp: int = 1, dpl: int = 1) -> NodeSpec:
-    return NodeSpec(name=name, role="head", host=name, rank_start=0, dp_local=dpl, nic="eth0",
+    return NodeSpec(name=name, role="head", host=name, ranks=tuple(range(dpl)), nic="eth0",
                     ip="10.0.0.1", container="c", labels={}, env={},
                     serve_argv=["vllm", "serve", "m", "--tensor-parallel-size", str(tp)],
                     argv=[], spec_hash="abc")
 
 
 def ctx(**kw) -> NodeCtx:
-    base = dict(spec=spec(), inv_node=Node(name="h0", host="h0"), is_head=True, runtime="docker",
+    base = dict(specs=(spec(),), inv_node=Node(name="h0", host="h0"), runtime="docker",
                 deployment="d", image="img", model="/m", ports=(("API", 8000), ("rpc", 13389)),
                 shm_size="16g", ipc_host=False)
     base.update(kw)
@@ -92,7 +92,7 @@ def test_nic_down():
 
 
 def test_ports_free_only_on_the_head():
-    assert "ports.free" not in verdicts(ctx(is_head=False), facts())
+    assert "ports.free" not in verdicts(ctx(ports=()), facts())  # a headless rank binds none
 
 
 def test_majority_and_ties():
@@ -151,8 +151,8 @@ def test_ports_reachable_no_listener_tool_warns():
 
 
 def test_need_devices_is_tp_times_local_dp():
-    assert need_devices(spec(tp=8, dpl=2)) == 16
-    assert need_devices(spec(tp=4)) == 4
+    assert need_devices([spec(tp=8, dpl=2)]) == 16
+    assert need_devices([spec(tp=4)]) == 4
 
 
 def probe(ips: dict[int, str | None], down: set[int] = frozenset()) -> AscendProbe:  # type: ignore[assignment]
@@ -176,7 +176,7 @@ def test_npu_address_used_on_two_nodes_fails_both():
     from orchestrator.preflight.accel import ascend_checks
 
     probes = {n: probe({0: "192.168.100.1"}) for n in ("a", "b")}
-    rs = ascend_checks({"a": spec("a"), "b": spec("b")}, probes, {}, {})
+    rs = ascend_checks({"a": [spec("a")], "b": [spec("b")]}, probes, {}, {})
     ip = {r.node: r for r in rs if r.check == "hccn.ip"}
     assert ip["a"].status == ip["b"].status == "fail" and "a NPU 0, b NPU 0" in ip["a"].reason
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from orchestrator.runtime import parse_inspect, ps_ids
 
@@ -18,7 +18,7 @@ PODMAN = [{"Id": "def", "Name": "orch-x-h1-1",
 def test_docker_inspect():
     (c,) = parse_inspect(json.dumps(DOCKER))
     assert (c.name, c.running, c.restarts, c.spec_hash) == ("orch-x-h0-1", True, 2, "h1")
-    assert c.started_at == datetime(2026, 11, 24, 16, 58, 12, 123456, tzinfo=timezone.utc)
+    assert c.started_at == datetime(2026, 11, 24, 16, 58, 12, 123456, tzinfo=UTC)
 
 
 def test_podman_inspect():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,11 @@ def test_stop_signals_only_a_keeper(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "orchestrator.keeper"])
     try:
+        # right after the fork the child's command line can still be empty: wait for the exec
+        end = time.monotonic() + 10
+        while b"orchestrator.keeper" not in Path(f"/proc/{fake.pid}/cmdline").read_bytes():
+            assert time.monotonic() < end, "the fake keeper never showed its command line"
+            time.sleep(0.01)
         # a stale record whose PID now belongs to something else, and a "keeper" of another
         # deployment: neither is signalled
         (d / "a.pid").write_text(json.dumps({"pid": bystander.pid, "deployment": "qwen3-vl"}))

@@ -1,5 +1,6 @@
-"""Topology pd (orchestrator/topologies/pd.py): PD playbooks load as playbooks of topology
-pd, plan into per-node container specs (prefill, decode, proxy) and the readiness steps."""
+"""Topology pd (orchestrator/plan/pd.py, deploy/launchers.py PdLauncher): PD playbooks load as
+playbooks of topology pd, plan into per-node container specs (prefill, decode, proxy) and the
+readiness steps."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator import config
+from orchestrator import config, probe
+from orchestrator.deploy.launchers import PdLauncher
 from orchestrator.errors import TopologyError
 from orchestrator.inventory import Inventory
-from orchestrator.pd import PDPlaybook
 from orchestrator.plan import build_plan
-from orchestrator.topologies.pd import PROXY_SOURCE, is_head, readiness
+from orchestrator.plan.pd import PROXY_SOURCE
+from orchestrator.playbook import PDPlaybook
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "playbooks" / "pd" / "cpu-lab-pd.yaml"
@@ -35,6 +37,11 @@ def inventory(path: Path, n: int, **kw: object) -> Inventory:
 def plan(path: Path, n: int, **kw: object):  # type: ignore[no-untyped-def]
     pb = config.load_playbook(path)
     return build_plan(inventory(path, n, **kw), pb, config.load_profile(pb.profile, path))
+
+
+def is_head(spec) -> bool:  # type: ignore[no-untyped-def]
+    """A prefill/decode container that serves an API (not --headless), as planned."""
+    return spec.role in ("prefill", "decode") and spec.api_port is not None
 
 
 def after_image(argv: list[str]) -> list[str]:
@@ -93,13 +100,14 @@ def test_seed_plan_headless_decode_node_and_mooncake_path() -> None:
     p = plan(SEED, 4)
     assert [(n.name, n.role, is_head(n)) for n in p.nodes] == [
         ("h0", "prefill", True), ("h1", "decode", True), ("h2", "decode", False), ("h3", "proxy", False)]
-    assert (p.nodes[1].rank_start, p.nodes[2].rank_start) == (0, 4) and p.dp_size == 8
+    assert (p.nodes[1].ranks, p.nodes[2].ranks) == ((0, 1, 2, 3), (4, 5, 6, 7)) and p.dp_size == 8
+    assert "--headless" not in p.nodes[1].serve_argv and "--headless" in p.nodes[2].serve_argv
     # the seed's `export LD_LIBRARY_PATH=<mooncake>:$LD_LIBRARY_PATH` happens in the container
     cmd = after_image(p.nodes[0].argv)
     assert cmd[:2] == ["sh", "-c"] and "mooncake" in cmd[2] and cmd[4:] == p.nodes[0].serve_argv
 
 
-def test_readiness_steps() -> None:
+def test_readiness_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     p = plan(LAB, 3)
     seen: list[str] = []
     state = {"proxy": {"status": "ok", "prefill_instances": 1, "decode_instances": 1}, "decode": 200}
@@ -112,9 +120,10 @@ def test_readiness_steps() -> None:
             return httpx.Response(state["decode"])  # type: ignore[arg-type]
         return httpx.Response(200)
 
+    monkeypatch.setattr(probe, "TRANSPORT", httpx.MockTransport(handler))
+
     async def check() -> tuple[bool, str]:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
-            return await readiness(p, None, c)
+        return await PdLauncher().ready(p, None)
 
     assert asyncio.run(check()) == (True, "ok")
     assert seen == ["http://10.77.0.13:8100/healthcheck", "http://10.77.0.11:8000/health",

@@ -1,4 +1,4 @@
-"""Topology ray (orchestrator/topologies/ray.py): the plan of the lab's Ray playbook, its
+"""Topology ray (orchestrator/plan/ray.py, deploy/launchers.py RayLauncher): the plan of the lab's Ray playbook, its
 errors, and the pieces of the launch that need no cluster (ray status parsing, the exec)."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator import config
+from orchestrator.deploy.launchers import count_ray_nodes as count_nodes
 from orchestrator.errors import PlaybookError, TopologyError
 from orchestrator.inventory import Inventory
 from orchestrator.plan import build_plan
+from orchestrator.plan.ray import serve_exec_argv
 from orchestrator.playbook import Playbook
-from orchestrator.topologies.ray import count_nodes, serve_exec_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 PB = ROOT / "playbooks" / "cpu-lab-ray.yaml"
