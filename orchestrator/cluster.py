@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import config, netinfo, runtime, runtime_api, secrets
-from .runtime import Container
 from .errors import CommandError, ConnectError, InventoryError, NodeErrors, OrchError, RuntimeApiUnavailable
 from .inventory import Inventory
 from .log import log
 from .plan import Fleet, NodeNet, fleet_plan
 from .playbook import Playbook, Profile
 from .remote import Host, Shell, Target, close_all, connect, connect_all
+from .runtime import Container
 from .secrets import Secrets
 from .snapshot import NodeLook, Snapshot
 

@@ -97,3 +97,14 @@ def test_bench_argv_uses_the_seed_preset():
     assert argv[argv.index("--model") + 1] == "qwen3"
     assert bench_argv(plan, "lab-tiny", 3)[bench_argv(plan, "lab-tiny", 3).index("--num-prompts") + 1] == "3"
     assert figures({"mean_ttft_ms": 10, "completed": 8, "x": "y"}) == {"completed": 8.0, "mean_ttft_ms": 10.0}
+
+
+def test_plan_shows_the_container_names_up_creates(tmp_path, monkeypatch):
+    monkeypatch.setenv("T_HF", "hf_value_for_names")
+    p = _inv(tmp_path, {"secrets": {"HF_TOKEN": {"env": "T_HF"}}})
+    up_names = [n.container for n in Deployment.load(p).plan().nodes]
+    shown = Deployment.load(p, secrets_optional=True).plan()  # what `orch plan` renders
+    assert [n.container for n in shown.nodes] == up_names and not shown.warnings
+    monkeypatch.delenv("T_HF")  # where the secret cannot be read, the plan says so
+    shown = Deployment.load(p, secrets_optional=True).plan()
+    assert any("differ from the ones `orch up` creates" in w for w in shown.warnings)

@@ -56,13 +56,18 @@ class World:
     delay: float = 0.0
     cross_hangs: set[str] = field(default_factory=set)  # nodes whose cross step times out
 
-    def gather(self, n: str) -> str:
+    def net(self, n: str) -> str:
+        """The node's network facts (netinfo.FACTS_SCRIPT's output)."""
         i = NODES.index(n)
         addr = [{"ifname": "lo", "flags": ["LOOPBACK", "UP"],
                  "addr_info": [{"family": "inet", "local": "127.0.0.1"}]},
                 {"ifname": self.nics[n], "flags": ["UP"], "operstate": "UP",
                  "addr_info": [{"family": "inet", "local": ip_of(i)}]}]
-        net = f"ssh=10.0.0.1 5000 {ip_of(i)} 22\n==== addr\n{json.dumps(addr)}\n==== route\n[]"
+        return f"ssh=10.0.0.1 5000 {ip_of(i)} 22\n==== addr\n{json.dumps(addr)}\n==== route\n[]"
+
+    def gather(self, n: str, script: str = "") -> str:
+        i = NODES.index(n)
+        net = self.net(n)
         size = self.model_bytes[n]
         d = {
             "id": ("0", 0),
@@ -87,6 +92,8 @@ class World:
         if self.gpu is not None:
             d["gpu"] = (self.gpu, 0)
         d.update(self.extra.get(n, {}))
+        if script and "run net netfacts" not in script:
+            del d["net"]
         return sections(d)
 
     def cross(self, n: str, args: list[str]) -> str:
@@ -140,7 +147,7 @@ class FakeHost:
         if self.sudo:
             return Result(1, "", "sudo: a password is required\n")
         if kind == "gather":
-            return Result(0, self.world.gather(self.name), "")
+            return Result(0, self.world.gather(self.name, script), "")
         if kind == "cross" and self.name in self.world.cross_hangs:
             raise CommandError(self.name, list(argv[:3]), None, f"timed out after {timeout:.0f}s")
         if kind == "cross":
@@ -202,6 +209,18 @@ def test_healthy_cluster_passes_every_check(tmp_path):
     j = rep.to_json()
     assert j["ok"] is True and set(j["nodes"]) == set(NODES)  # type: ignore[arg-type]
     assert j["nodes"]["h0"]["ports.free"]["status"] == "pass"  # type: ignore[index]
+
+
+def test_network_facts_the_session_read_are_not_gathered_again(tmp_path):
+    dep = deployment(tmp_path)
+    world = World(nics={"h0": "eth0", "h1": "eth7", "h2": "eth0"})  # what a new look would see
+    s = session(dep, world)
+    s.facts_seen = {n: World().net(n) for n in NODES}  # read while planning: eth0 everywhere
+    rep = asyncio.run(run_checks(s, dep.plan(), frozenset()))
+    assert rep.get("h1", "net.nic").status == "pass"  # type: ignore[union-attr]
+    # without them the node's own facts are gathered (and h1's NIC is not the inventory's)
+    rep = check(dep, world)
+    assert ("h1", "net.nic") in fails(rep)
 
 
 def test_nodes_run_concurrently_in_two_round_trips(tmp_path):
