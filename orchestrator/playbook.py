@@ -153,12 +153,19 @@ class PDPlaybook(Strict):
     decode: PDGroup
     proxy_port: int = Field(ge=1, le=65535)
     proxy_command: list[str] = Field(
-        default_factory=lambda: ["python", "load_balance_proxy_server_example.py"]
+        default_factory=lambda: [
+            "python",
+            "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1/load_balance_proxy_server_example.py"],
+        description="proxy: command: the proxy to run, before --host/--port/--prefiller-*/--decoder-*",
     )
-    proxy: Literal["orch", "command"] = Field(
-        "orch", description="orch: run orch's own proxy (orchestrator/pdproxy.py) in the image's "
-        "python; command: run proxy_command as it is (a script the image has)",
+    proxy: Literal["vllm-router", "command"] = Field(
+        "vllm-router", description="vllm-router: vllm-router in PD mode (in the image, or "
+        "proxy_image); command: proxy_command as it is (the seed's load_balance_proxy_server_example.py "
+        "that vllm-ascend images ship)",
     )
+    proxy_image: str | None = Field(
+        None, pattern=r"^[^\s-][^\s]*$",
+        description="image of the proxy's container (default: the deployment's image)")
 
     @model_validator(mode="after")
     def _sizes(self) -> PDPlaybook:

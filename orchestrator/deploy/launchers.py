@@ -6,8 +6,9 @@ launches, when its API is ready, and when a running group counts as healthy.
     RayLauncher    ray: the head's `ray start`, its GCS up, the workers, all nodes in
                    `ray status`, then `vllm serve` exec'd in the head; ready/healthy as dp
     PdLauncher     pd: every instance (head, then its headless nodes), prefill before decode,
-                   then the proxy; ready when the proxy counts every instance and every
-                   instance head's /health is 200; healthy = ready
+                   then the proxy; ready when the proxy serves the model (vllm-router) or
+                   counts every instance (the seed's proxy: /healthcheck) and every instance
+                   head's /health is 200; healthy = ready
 """
 
 from __future__ import annotations
@@ -128,13 +129,18 @@ class PdLauncher(Launcher):
         heads = [n for n in plan.nodes if n.role in ("prefill", "decode") and n.api_port]
         want = (sum(n.role == "prefill" for n in heads), sum(n.role == "decode" for n in heads))
         async with Api(plan.api_url, api_key) as proxy:
-            try:
-                code, body = await proxy.get_json("/healthcheck")
-            except ProbeError as exc:
-                return False, f"proxy {plan.api_url}/healthcheck: {exc.reason}"
-        got = (body.get("prefill_instances"), body.get("decode_instances"))
-        if code != 200 or got != want:
-            return False, f"proxy healthcheck answered {code} {body} (want {want})"
+            if plan.proxy == "vllm-router":  # it answers no GET but /v1/models (a prefill's)
+                st = await proxy.state(plan.served_name)
+                if not st.ready:
+                    return False, f"proxy {plan.api_url}: {st.reason}"
+            else:  # the seed's proxy: GET /healthcheck counts the instances it knows
+                try:
+                    code, body = await proxy.get_json("/healthcheck")
+                except ProbeError as exc:
+                    return False, f"proxy {plan.api_url}/healthcheck: {exc.reason}"
+                got = (body.get("prefill_instances"), body.get("decode_instances"))
+                if code != 200 or got != want:
+                    return False, f"proxy healthcheck answered {code} {body} (want {want})"
         for spec in heads:
             assert spec.api_url is not None
             async with Api(spec.api_url, api_key) as api:

@@ -121,6 +121,7 @@ class Plan:
     unresolved: list[str] = field(default_factory=list)  # nodes whose NIC/IP is a placeholder
     warnings: list[str] = field(default_factory=list)
     replica: int | None = None  # its index in a fleet; None: a plain inventory
+    proxy: str | None = None  # pd: what the proxy is ("vllm-router" or "command")
 
     @property
     def head(self) -> NodeSpec:

@@ -8,18 +8,17 @@ loads as a Playbook of topology pd).
       -> kv_transfer_config per instance: kv_role kv_producer / kv_consumer, a unique
          engine_id (the instance's index), the role's kv_port, and
          kv_connector_extra_config.prefill/decode.{dp_size, tp_size} taken from the groups
-      -> the proxy on one more node (else beside the first prefill instance):
-         --prefiller-hosts/--prefiller-ports = the prefill heads' IP and API port,
-         --decoder-hosts/--decoder-ports = the decode heads'
+      -> the proxy on one more node (else beside the first prefill instance): vllm-router
+         in PD mode (`--vllm-pd-disaggregation --prefill URL ... --decode URL ...`, the heads'
+         API URLs), or the playbook's proxy_command (the seed's
+         load_balance_proxy_server_example.py: --prefiller-hosts/--prefiller-ports,
+         --decoder-hosts/--decoder-ports)
 """
 
 from __future__ import annotations
 
-import base64
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from .. import flags as vflags
@@ -31,7 +30,10 @@ from .container import container_spec
 from .model import Link, NodeNet, NodeSpec, Plan, Port
 
 PDRole = Literal["prefill", "decode"]
-PROXY_SOURCE = Path(__file__).resolve().parent.parent / "pdproxy.py"
+# vllm-router takes the worker's key from its own environment (OPENAI_API_KEY) and sends it
+# to every instance: the container's VLLM_API_KEY (from stdin) becomes that, never an argv
+WITH_KEY = ["sh", "-c", 'OPENAI_API_KEY="$VLLM_API_KEY" exec "$@"', "sh"]
+ROLES: tuple[PDRole, PDRole] = ("prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,24 @@ class PDNode:
 @dataclass(frozen=True)
 class PDPlan:
     nodes: list[PDNode]
-    proxy_argv: list[str]
+    heads: dict[PDRole, list[tuple[str, int]]]  # each role's instance heads: (IP, API port)
+
+    def proxy_argv(self, pb: PDPlaybook, metrics_port: int) -> list[str]:
+        """The proxy's command: vllm-router in PD mode, or the playbook's proxy_command."""
+        if pb.proxy == "vllm-router":
+            argv = ["vllm-router", "--vllm-pd-disaggregation", "--host", pb.host, "--port",
+                    str(pb.proxy_port), "--policy", "round_robin", "--prometheus-port",
+                    str(metrics_port)]
+            for role in ROLES:
+                for ip, port in self.heads[role]:
+                    argv += [f"--{role}", f"http://{ip}:{port}"]
+            return argv
+        argv = [*pb.proxy_command, "--host", pb.host, "--port", str(pb.proxy_port)]
+        for role in ROLES:
+            name = "--prefiller" if role == "prefill" else "--decoder"
+            argv += [f"{name}-hosts", *(h for h, _ in self.heads[role])]
+            argv += [f"{name}-ports", *(str(p) for _, p in self.heads[role])]
+        return argv
 
     def node(self, name: str) -> PDNode:
         return next(n for n in self.nodes if n.name == name)
@@ -85,8 +104,7 @@ def plan_pd(
     heads: dict[PDRole, list[tuple[str, int]]] = {"prefill": [], "decode": []}
     it = iter(nodes)
     engine = 0
-    roles: tuple[PDRole, PDRole] = ("prefill", "decode")
-    for role in roles:
+    for role in ROLES:
         g: PDGroup = getattr(pb, role)
         for _ in range(g.instances):
             members = [next(it) for _ in range(g.nodes)]
@@ -116,18 +134,7 @@ def plan_pd(
                 out.append(PDNode(name, role, engine, i == 0, net.ip, serve, env,
                                   dict(pb.path_prepend)))
             engine += 1
-    proxy = [*pb.proxy_command, "--port", str(pb.proxy_port)]
-    for role, flag in (("prefill", "--prefiller"), ("decode", "--decoder")):
-        proxy += [f"{flag}-hosts", *(h for h, _ in heads[role])]
-        proxy += [f"{flag}-ports", *(str(p) for _, p in heads[role])]
-    return PDPlan(out, proxy)
-
-
-def proxy_boot() -> str:
-    """A `python3 -c` program that runs orch's proxy: its source, compressed, inline (so no
-    file has to be copied to the node, and a new proxy version changes the spec hash)."""
-    blob = base64.b64encode(zlib.compress(PROXY_SOURCE.read_bytes(), 9)).decode()
-    return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{blob}')))"
+    return PDPlan(out, heads)
 
 
 def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet] | None,
@@ -178,23 +185,26 @@ def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet
             ranks=tuple(range(member * g.data_local, (member + 1) * g.data_local)),
             api_port=g.api_port if pn.head else None, instance=pn.instance, listens=listens,
             command=cmd, extra_run=run_extra))
-    flags = pdplan.proxy_argv[len(pdp.proxy_command):]
-    if pdp.proxy == "orch":
-        command = ["python3", "-c", proxy_boot(), "--host", pdp.host, *flags]
-    else:
-        command = list(pdplan.proxy_argv)
+    metrics = pdp.proxy_port + 1000 if pdp.proxy_port + 1000 <= 65535 else pdp.proxy_port - 1000
+    command = pdplan.proxy_argv(pdp, metrics)
+    listens = (Port("proxy", pdp.proxy_port),)
+    if pdp.proxy == "vllm-router":
+        listens += (Port("proxy metrics", metrics),)
+        if inv.api_key is not None:
+            command = WITH_KEY + command
     specs.append(container_spec(
         inv=inv, prof=prof, container=pb.container, node=p_node, net=p_net, role="proxy",
         serve=[], env={}, secret_digest=secret_digest, used_devices=0, publish=pdp.proxy_port,
-        api_port=pdp.proxy_port, listens=(Port("proxy", pdp.proxy_port),), command=command))
+        api_port=pdp.proxy_port, listens=listens, command=command, image=pdp.proxy_image))
     links = [lk for lk in links if lk.src != lk.dst]
     warnings = api_warnings(pdp.host, pdp.serve, inv)
-    if p_node.name == nodes[0].name:
-        warnings.append(f"the proxy shares node {p_node.name} with a prefill instance: "
-                        "`orch status` counts it as an extra container there")
+    if pdp.proxy == "vllm-router" and inv.api_key is not None:
+        warnings.append("vllm-router asks clients for no key: whoever reaches the proxy's port "
+                        f"{pdp.proxy_port} is served (the instances' key is sent for them); keep that "
+                        "port inside the cluster network, or use proxy: command")
     return Plan(deployment=inv.deployment, playbook=pb.name, topology="pd", runtime=inv.runtime,
                 image=inv.image, model=inv.model.path, served_name=served,
                 api_host=p_node.host if p_node.name in unresolved else p_net.ip,
-                api_port=pdp.proxy_port, nodes=specs, dp_size=pdp.decode.data,
+                api_port=pdp.proxy_port, nodes=specs, dp_size=pdp.decode.data, proxy=pdp.proxy,
                 links=tuple(links), setup_dirs=tuple(pdp.shared_dirs), unresolved=unresolved,
                 warnings=warnings)

@@ -44,6 +44,11 @@ def seed_block(start: str, end: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def pd_playbook() -> PDPlaybook:
+    return PDPlaybook.model_validate(yaml.safe_load(PB_PATH.read_text()))
+
+
+@pytest.fixture(scope="module")
 def plan():
     pb = PDPlaybook.model_validate(yaml.safe_load(PB_PATH.read_text()))
     prof = config.load_profile(pb.profile, PB_PATH.parent.parent / "x.yaml")
@@ -95,14 +100,17 @@ def test_env_matches_the_seed(plan, node: str) -> None:
     assert ours == seed_env
 
 
-def test_proxy_argv(plan) -> None:
+def test_proxy_argv(plan, pd_playbook) -> None:
     seed_text_ = seed_block("PD proxy:", "Benchmark scripts:")
     _, seed = command_env(seed_text_, ["python", "load_balance_proxy_server_example.py"], {})
-    ours = plan.proxy_argv
-    assert ours[:2] == seed[:2]
+    assert pd_playbook.proxy == "command"  # the seed's own proxy, as the image ships it
+    ours = plan.proxy_argv(pd_playbook, 13347)
+    assert ours[0] == seed[0] and Path(ours[1]).name == seed[1]
     want = dict(flag_pairs(seed[2:]))
-    # declared: the seed writes --prefiller-port, an argparse prefix of --prefiller-ports
+    # declared: the seed writes --prefiller-port, an argparse prefix of --prefiller-ports;
+    # orch adds --host (the script binds localhost by default: nothing else could reach it)
     want["--prefiller-ports"] = want.pop("--prefiller-port")
+    want["--host"] = "0.0.0.0"
     assert dict(flag_pairs(ours[2:])) == want
 
 
@@ -128,6 +136,7 @@ def test_extra_config_follows_the_groups() -> None:
     assert [k["kv_role"] for k in kvs] == ["kv_producer", "kv_producer", "kv_consumer"]
     assert all(k["kv_connector_extra_config"]["prefill"] == {"dp_size": 4, "tp_size": 4} for k in kvs)
     assert all(k["kv_connector_extra_config"]["decode"] == {"dp_size": 4, "tp_size": 4} for k in kvs)
-    assert plan.proxy_argv[plan.proxy_argv.index("--prefiller-hosts") + 1:][:2] == ["192.0.2.30", "192.0.2.31"]
+    argv = plan.proxy_argv(pb, 13347)
+    assert argv[argv.index("--prefiller-hosts") + 1:][:2] == ["192.0.2.30", "192.0.2.31"]
     with pytest.raises(TopologyError, match="needs 3 nodes"):
         plan_pd(pb, prof, "m", "m", nodes[:2])

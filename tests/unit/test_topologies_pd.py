@@ -5,9 +5,7 @@ readiness steps."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import zlib
 from pathlib import Path
 
 import httpx
@@ -18,7 +16,6 @@ from orchestrator.deploy.launchers import PdLauncher
 from orchestrator.errors import TopologyError
 from orchestrator.inventory import Inventory
 from orchestrator.plan import build_plan
-from orchestrator.plan.pd import PROXY_SOURCE
 from orchestrator.playbook import PDPlaybook
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,19 +69,29 @@ def test_lab_plan_prefill_decode_then_proxy_on_the_third_node() -> None:
         assert spec.env["VLLM_HOST_IP"] == spec.ip
     assert pre.env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and dec.env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
     cmd = after_image(proxy.argv)
-    assert cmd[:2] == ["python3", "-c"] and not is_head(proxy)
-    assert cmd[3:] == ["--host", "0.0.0.0", "--port", "8100", "--prefiller-hosts", "10.77.0.11",
-                       "--prefiller-ports", "8000", "--decoder-hosts", "10.77.0.12", "--decoder-ports", "8000"]
-    blob = cmd[2].split("b64decode('")[1].split("'")[0]
-    assert zlib.decompress(base64.b64decode(blob)) == PROXY_SOURCE.read_bytes()
+    assert not is_head(proxy) and p.proxy == "vllm-router"
+    assert cmd == ["vllm-router", "--vllm-pd-disaggregation", "--host", "0.0.0.0", "--port", "8100",
+                   "--policy", "round_robin", "--prometheus-port", "9100",
+                   "--prefill", "http://10.77.0.11:8000", "--decode", "http://10.77.0.12:8000"]
     assert len({n.container for n in p.nodes}) == 3
+
+
+def test_with_an_api_key_vllm_router_gets_it_from_the_container_env(monkeypatch) -> None:
+    monkeypatch.setenv("PD_KEY", "k-123456")
+    p = plan(LAB, 3, api_key={"env": "PD_KEY"})
+    proxy = p.nodes[-1]
+    cmd = after_image(proxy.argv)
+    assert cmd[:3] == ["sh", "-c", 'OPENAI_API_KEY="$VLLM_API_KEY" exec "$@"'] and cmd[4] == "vllm-router"
+    assert "k-123456" not in " ".join(proxy.argv) and "VLLM_API_KEY" in proxy.secret_env
+    assert any("asks clients for no key" in w for w in p.warnings)
 
 
 def test_two_nodes_put_the_proxy_beside_the_prefill_instance() -> None:
     p = plan(LAB, 2)
     assert [(n.name, n.role) for n in p.nodes] == [("h0", "prefill"), ("h1", "decode"), ("h0", "proxy")]
     assert p.api_url == "http://10.77.0.11:8100"
-    assert any("extra container" in w for w in p.warnings)
+    ports = [pt.number for n in p.nodes if n.name == "h0" for pt in n.listens]
+    assert len(ports) == len(set(ports))  # the proxy and the prefill instance do not collide
 
 
 def test_node_count_and_overrides_are_checked() -> None:
@@ -102,13 +109,21 @@ def test_seed_plan_headless_decode_node_and_mooncake_path() -> None:
         ("h0", "prefill", True), ("h1", "decode", True), ("h2", "decode", False), ("h3", "proxy", False)]
     assert (p.nodes[1].ranks, p.nodes[2].ranks) == ((0, 1, 2, 3), (4, 5, 6, 7)) and p.dp_size == 8
     assert "--headless" not in p.nodes[1].serve_argv and "--headless" in p.nodes[2].serve_argv
+    # the seed's own proxy (vllm-ascend images ship it), with the seed's flags and a --host
+    assert p.proxy == "command"
+    assert after_image(p.nodes[3].argv) == [
+        "python", "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1/"
+        "load_balance_proxy_server_example.py", "--host", "0.0.0.0", "--port", "12347",
+        "--prefiller-hosts", "10.77.0.11", "--prefiller-ports", "8000",
+        "--decoder-hosts", "10.77.0.12", "--decoder-ports", "8000"]
     # the seed's `export LD_LIBRARY_PATH=<mooncake>:$LD_LIBRARY_PATH` happens in the container
     cmd = after_image(p.nodes[0].argv)
     assert cmd[:2] == ["sh", "-c"] and "mooncake" in cmd[2] and cmd[4:] == p.nodes[0].serve_argv
 
 
 def test_readiness_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = plan(LAB, 3)
+    """The seed's proxy: /healthcheck counts the instances; then every instance head."""
+    p = plan(SEED, 3)
     seen: list[str] = []
     state = {"proxy": {"status": "ok", "prefill_instances": 1, "decode_instances": 1}, "decode": 200}
 
@@ -126,7 +141,7 @@ def test_readiness_steps(monkeypatch: pytest.MonkeyPatch) -> None:
         return await PdLauncher().ready(p, None)
 
     assert asyncio.run(check()) == (True, "ok")
-    assert seen == ["http://10.77.0.13:8100/healthcheck", "http://10.77.0.11:8000/health",
+    assert seen == ["http://10.77.0.11:12347/healthcheck", "http://10.77.0.11:8000/health",
                     "http://10.77.0.12:8000/health"]
     state["decode"] = 503
     ok, why = asyncio.run(check())
@@ -134,3 +149,24 @@ def test_readiness_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     state["proxy"] = {"status": "ok", "prefill_instances": 1, "decode_instances": 0}
     ok, why = asyncio.run(check())
     assert not ok and "healthcheck" in why
+
+
+def test_readiness_through_vllm_router(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vllm-router answers no GET but /v1/models (from a prefill instance)."""
+    p = plan(LAB, 3)
+    seen: list[str] = []
+    models = {"data": [{"id": "tiny"}]}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(f"{req.url.host}:{req.url.port}{req.url.path}")
+        if req.url.port == 8100 and req.url.path != "/v1/models":
+            return httpx.Response(405)
+        return httpx.Response(200, json=models if req.url.path == "/v1/models" else {})
+
+    monkeypatch.setattr(probe, "TRANSPORT", httpx.MockTransport(handler))
+    assert asyncio.run(PdLauncher().ready(p, None)) == (True, "ok")
+    assert seen[0] == "10.77.0.13:8100/v1/models" and "/healthcheck" not in " ".join(seen)
+    assert seen[-2:] == ["10.77.0.11:8000/health", "10.77.0.12:8000/health"]
+    models = {"data": []}
+    ok, why = asyncio.run(PdLauncher().ready(p, None))
+    assert not ok and "10.77.0.13:8100" in why
