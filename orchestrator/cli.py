@@ -91,6 +91,9 @@ def up(
     skip_checks: list[str] = typer.Option(
         [], "--skip-checks", help="skip a preflight check (name or prefix, e.g. ports.free, npu); repeatable"),
     no_checks: bool = typer.Option(False, "--no-checks", help="skip the whole preflight"),
+    max_unavailable: Optional[int] = typer.Option(
+        None, min=1, help="fleets: replicas replaced at the same time (default: the inventory's "
+        "update.max_unavailable, 1)"),
     detailed_exitcode: bool = typer.Option(
         False, "--detailed-exitcode", help="exit 3 (not 0) when something was (re)deployed"),
     json_out: bool = JsonOpt,
@@ -102,12 +105,18 @@ def up(
     Connects to every node, resolves NICs/IPs, removes this deployment's old containers,
     starts the head then the headless ranks, and waits for /v1/models and one completion
     while watching every rank. A rank that exits fails the run at once with its log.
-    When everything already runs as planned and answers, it does nothing."""
+    When everything already runs as planned and answers, it does nothing.
+
+    A fleet (replicas behind vllm-router): the router first; a dead or unhealthy replica is
+    taken out of the router, replaced alone, proven and put back; a changed spec rolls
+    --max-unavailable replicas at a time and stops, the others still serving, when a new one
+    fails."""
     setup(quiet)
     service.check_skips(skip_checks)
     dep = Deployment.load(inventory)
     opts = UpOptions(timeout_s=timeout, keep_on_failure=keep_on_failure, force=force,
-                     checks=not no_checks, skip_checks=frozenset(skip_checks))
+                     checks=not no_checks, skip_checks=frozenset(skip_checks),
+                     max_unavailable=max_unavailable)
     try:
         res = run_async(lambda: service.up(dep, opts, accept_new=accept_new_host_keys))
     except PreflightFailed as exc:

@@ -151,6 +151,40 @@ class SecretRef(Strict):
         return f"${self.env}" if self.env else f"file {self.file}"
 
 
+class Router(Strict):
+    """vllm-router in front of a fleet's replicas (docs/fleet.md): one API URL for all."""
+
+    node: str | None = Field(None, description="node that runs it (default: the first node)")
+    port: int = Field(8080, ge=1, le=65535, description="its API port (clients use this one)")
+    host: str = Field("0.0.0.0", description="address it binds to")
+    image: str | None = Field(
+        None, pattern=r"^[^\s-][^\s]*$",
+        description="image with vllm-router in it (default: the inventory's image)")
+    policy: Literal["round_robin", "random", "power_of_two", "cache_aware", "consistent_hash"] = Field(
+        "round_robin", description="vllm-router --policy")
+    health_check_interval_s: int = Field(
+        2, ge=1, le=3600, description="how often the router checks each replica's /health")
+    health_failure_threshold: int = Field(
+        2, ge=1, le=100, description="failed checks before it stops routing to a replica")
+    args: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="more vllm-router flags; null or true = bare flag")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: dict[str, object]) -> dict[str, object]:
+        for flag in v:
+            if not re.match(r"^--[a-z0-9][a-z0-9-]*$", flag):
+                raise ValueError(f"{flag!r} is not a long vllm-router flag like --queue-size")
+        return v
+
+
+class Update(Strict):
+    """How a fleet's replicas are replaced when the inventory or playbook changes."""
+
+    max_unavailable: int = Field(
+        1, ge=1, description="replicas taken out of the router and replaced at the same time")
+
+
 class Inventory(Strict):
     deployment: str = Field(pattern=NAME_RE, description="deployment name (container names)")
     playbook: str = Field(min_length=1, description="playbook name in playbooks/, or a path")
@@ -174,6 +208,14 @@ class Inventory(Strict):
     api_key: SecretRef | None = Field(
         None, description="the API key: set in the containers as VLLM_API_KEY, sent by orch's probes"
     )
+    replicas: int | None = Field(
+        None, ge=1, description="a fleet: the nodes split in order into this many equal groups, each "
+        "one complete deployment of the playbook's topology, behind the router")
+    groups: list[list[str]] | None = Field(
+        None, min_length=1, description="a fleet with the replicas' nodes named (instead of "
+        "replicas:); a node in no group may only run the router")
+    router: Router | None = Field(None, description="the fleet's router (vllm-router)")
+    update: Update = Update()
 
     @field_validator("secrets")
     @classmethod
@@ -199,7 +241,46 @@ class Inventory(Strict):
             raise ValueError(f"the same cluster IP appears twice: {', '.join(dupi)}")
         if self.head is not None and self.head not in names:
             raise ValueError(f"head {self.head!r} is not one of the nodes ({', '.join(names)})")
+        if self.replicas is not None and self.groups is not None:
+            raise ValueError("give replicas: N or groups: [[...], ...], not both")
+        if self.replicas is not None and len(names) % self.replicas:
+            raise ValueError(f"{len(names)} nodes do not split into {self.replicas} equal replicas "
+                             "(or name each replica's nodes with groups:)")
+        if self.groups is not None:
+            seen = [n for g in self.groups for n in g]
+            unknown = sorted(set(seen) - set(names))
+            if unknown:
+                raise ValueError(f"groups: {', '.join(unknown)} not among the nodes ({', '.join(names)})")
+            twice = sorted({n for n in seen if seen.count(n) > 1})
+            if twice:
+                raise ValueError(f"groups: {', '.join(twice)} in more than one replica")
+            if any(not g for g in self.groups):
+                raise ValueError("groups: a replica needs at least one node")
+            spare = [n for n in names if n not in seen]
+            router = self.router.node if self.router else None
+            if [n for n in spare if n != router]:
+                raise ValueError(f"groups: {', '.join(n for n in spare if n != router)} in no replica "
+                                 "(only the router's node may be left out)")
+        if self.router is not None and self.router.node is not None and self.router.node not in names:
+            raise ValueError(f"router.node {self.router.node!r} is not one of the nodes")
+        if self.fleet and self.head is not None:
+            raise ValueError("head: is for a single deployment; in a fleet each replica's head is "
+                             "its first node")
         return self
+
+    @property
+    def fleet(self) -> bool:
+        """Several replicas (or one) behind a router, rather than one plain deployment."""
+        return self.replicas is not None or self.groups is not None or self.router is not None
+
+    def replica_nodes(self) -> list[list[Node]]:
+        """The nodes of each replica, in order (a plain inventory: one group of every node)."""
+        by_name = {n.name: n for n in self.nodes}
+        if self.groups is not None:
+            return [[by_name[x] for x in g] for g in self.groups]
+        k = self.replicas or 1
+        per = len(self.nodes) // k
+        return [self.nodes[i * per:(i + 1) * per] for i in range(k)]
 
     @property
     def head_node(self) -> Node:

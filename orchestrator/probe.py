@@ -8,7 +8,7 @@ import httpx
 
 from .errors import ProbeError
 
-__all__ = ["Api", "ApiState", "ProbeError"]
+__all__ = ["Api", "ApiState", "ProbeError", "RouterApi"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,51 @@ class Api:
         if served not in models:
             return ApiState(False, models, version, f"serves {models}, not {served!r}")
         return ApiState(True, models, version, "ok")
+
+
+class RouterApi:
+    """vllm-router's worker management (a fleet's router): which replica APIs it routes to."""
+
+    def __init__(self, base_url: str, timeout: float = 30) -> None:
+        self.base_url = base_url
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout, trust_env=False,
+                                         transport=TRANSPORT)
+
+    async def __aenter__(self) -> RouterApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, path: str, **kw: object) -> httpx.Response:
+        try:
+            return await self._client.request(method, path, **kw)  # type: ignore[arg-type]
+        except httpx.ConnectError as exc:
+            raise ProbeError(f"router {self.base_url}: connection refused (not listening yet)") from exc
+        except httpx.TimeoutException as exc:
+            raise ProbeError(f"router {self.base_url}{path}: no answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"router {self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+
+    async def health(self) -> int:
+        return (await self._call("GET", "/health")).status_code
+
+    async def workers(self) -> list[str]:
+        r = await self._call("GET", "/list_workers")
+        if r.status_code != 200:
+            raise ProbeError(f"router {self.base_url}/list_workers answered {r.status_code}")
+        try:
+            urls = r.json().get("urls", [])
+        except (ValueError, AttributeError) as exc:
+            raise ProbeError(f"router {self.base_url}/list_workers: not a worker list: {r.text[:120]}") from exc
+        return [str(u) for u in urls]
+
+    async def add(self, url: str) -> None:
+        r = await self._call("POST", "/add_worker", params={"url": url})
+        if r.status_code != 200:
+            raise ProbeError(f"router {self.base_url}: adding {url} answered {r.status_code}: {r.text[:200]}")
+
+    async def remove(self, url: str) -> None:
+        r = await self._call("POST", "/remove_worker", params={"url": url})
+        if r.status_code != 200 and url in await self.workers():
+            raise ProbeError(f"router {self.base_url}: removing {url} answered {r.status_code}: {r.text[:200]}")

@@ -14,7 +14,7 @@ from .cluster import Deployment
 from .errors import ProbeError
 from .health import group_probe, parse_metrics
 from .plan import LABEL_ROLE, Fleet, NodeSpec, Plan
-from .probe import Api
+from .probe import Api, RouterApi
 from .runtime import Container
 from .snapshot import Snapshot
 
@@ -103,7 +103,9 @@ class Status:
 
     @property
     def api_ready(self) -> bool:
-        return self.router.answers if self.router else self.groups[0].api_ready
+        if self.router is not None:
+            return self.router.answers and bool(self.router.workers)
+        return self.groups[0].api_ready
 
     @property
     def api_reason(self) -> str:
@@ -220,7 +222,27 @@ async def status(snap: Snapshot, fleet: Fleet, api_key: str | None = None, probe
     metrics and (with `probe`) a whole-group check with real requests."""
     now = datetime.now(UTC)
     groups = [await group_status(snap, fleet, g, api_key, probe, now) for g in fleet.groups]
-    return Status(fleet.deployment, fleet.api_url, fleet.served_name, groups, via=snap.via)
+    router = None
+    if fleet.router is not None:
+        router = await router_status(snap, fleet, groups, now)
+    return Status(fleet.deployment, fleet.api_url, fleet.served_name, groups, router, via=snap.via)
+
+
+async def router_status(snap: Snapshot, fleet: Fleet, groups: list[GroupStatus], now: datetime
+                        ) -> RouterStatus:
+    """The router's container, whether it answers, and what it routes to against the replicas
+    that are healthy now."""
+    r = fleet.router
+    assert r is not None and r.api_url is not None
+    node = container_rows(snap, [r], fleet, now)[0]
+    out = RouterStatus(node, r.api_url, False, "", expected=[g.api_url for g in groups if g.healthy])
+    async with RouterApi(r.api_url, timeout=5) as api:
+        try:
+            out.workers = await api.workers()
+            out.answers, out.reason = True, "ok"
+        except ProbeError as exc:
+            out.reason = exc.reason
+    return out
 
 
 async def deployment_status(dep: Deployment, snap: Snapshot, probe: bool = True) -> Status:

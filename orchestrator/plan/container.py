@@ -69,13 +69,16 @@ def container_spec(
     command: list[str] | None = None,
     extra_run: Sequence[str] = (),
     image: str | None = None,
+    run_opts: list[str] | None = None,
 ) -> NodeSpec:
     """The spec of one container.  `serve` is the `vllm serve` argv; the container runs it
     unless `command` is given (ray start, a proxy, the router), in which case `command` runs
     and counts in the hash.  `publish`: the port `-p` publishes on a bridge network.
-    `image`: another image than the inventory's (the router's)."""
-    run_opts = run_options(inv=inv, prof=prof, container=container, node=node,
-                           used_devices=used_devices, publish=publish, extra_run=extra_run)
+    `image`, `run_opts`: another image than the inventory's and run options of their own (the
+    router: no accelerator, no model)."""
+    if run_opts is None:
+        run_opts = run_options(inv=inv, prof=prof, container=container, node=node,
+                               used_devices=used_devices, publish=publish, extra_run=extra_run)
     secret_env = tuple(inv.secrets) + (("VLLM_API_KEY",) if inv.api_key else ())
     env_opts: list[str] = ["--env-file", "/dev/stdin"] if secret_env else []
     for key, value in env.items():
