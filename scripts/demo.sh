@@ -30,15 +30,42 @@ step "orch up: head on h0, headless rank on h1; waiting for a served completion"
 .venv/bin/orch up "$INV"
 step "orch status"
 .venv/bin/orch status "$INV" || true
-step "a chat completion through the head (tiny model with random weights: the words are noise)"
+step "a chat completion through the head (the lab's tiny model, trained by the lab in a few seconds to know a few answers)"
 .venv/bin/python - <<'PY'
+import re, time
 import httpx
-r = httpx.post("http://10.77.0.11:8000/v1/chat/completions", trust_env=False, timeout=60,
-               json={"model": "tiny", "max_tokens": 12,
+
+BASE = "http://10.77.0.11:8000"
+
+
+def finished_per_rank() -> dict[int, float]:
+    text = httpx.get(f"{BASE}/metrics", trust_env=False, timeout=10).text
+    out: dict[int, float] = {}
+    for labels, value in re.findall(r'^vllm:request_success_total\{([^}]*)\} (\S+)', text, re.M):
+        rank = re.search(r'engine="(\d+)"', labels)
+        if rank:
+            out[int(rank[1])] = out.get(int(rank[1]), 0.0) + float(value)
+    return out
+
+
+before = finished_per_rank()
+r = httpx.post(f"{BASE}/v1/chat/completions", trust_env=False, timeout=60,
+               json={"model": "tiny", "max_tokens": 12, "temperature": 0,
                      "messages": [{"role": "user", "content": "Say hello to the operators."}]})
 r.raise_for_status()
-d = r.json()
-print("answer:", repr(d["choices"][0]["message"]["content"]))
-print("usage: ", d["usage"])
+answer = r.json()["choices"][0]["message"]["content"]
+ranks: list[int] = []
+for _ in range(20):  # the per-rank counters move as the engines report
+    after = finished_per_rank()
+    ranks = [e for e, n in sorted(after.items()) if n > before.get(e, 0.0)]
+    if ranks:
+        break
+    time.sleep(0.25)
+ids = httpx.post(f"{BASE}/tokenize", trust_env=False, timeout=10,
+                 json={"model": "tiny", "prompt": answer, "add_special_tokens": False}).json()["tokens"]
+print(f"answer:    {answer!r}")
+print(f"token ids: {ids}")
+print(f"served by: DP rank {', '.join(map(str, ranks)) or '? (no per-rank counter moved)'} "
+      "(rank 0 runs on h0, the head; rank 1 on h1, headless)")
 PY
 step "done in $((SECONDS - start))s. Try: .venv/bin/orch status; .venv/bin/orch logs -f; scripts/demo.sh --down"
