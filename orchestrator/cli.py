@@ -26,6 +26,7 @@ from .cluster import Deployment
 from .deploy import UpOptions
 from .errors import InputError, OrchError, PreflightFailed
 from .log import setup
+from .stage.scripts import RSYNC_PORT
 
 T = TypeVar("T")
 
@@ -96,6 +97,9 @@ def up(
         "update.max_unavailable, 1)"),
     detailed_exitcode: bool = typer.Option(
         False, "--detailed-exitcode", help="exit 3 (not 0) when something was (re)deployed"),
+    stage_first: bool = typer.Option(
+        False, "--stage", help="first make the image and the model directory present and "
+        "identical on every node (as `orch stage`)"),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
     accept_new_host_keys: bool = AcceptOpt,
@@ -118,7 +122,10 @@ def up(
                      checks=not no_checks, skip_checks=frozenset(skip_checks),
                      max_unavailable=max_unavailable)
     try:
-        res = run_async(lambda: service.up(dep, opts, accept_new=accept_new_host_keys))
+        with render.transfer_progress("image") as ip, render.transfer_progress("model") as wp:
+            res = run_async(lambda: service.up(
+                dep, opts, accept_new=accept_new_host_keys,
+                stage_first=(service.StageOptions(), ip, wp) if stage_first else None))
     except PreflightFailed as exc:
         if exc.report is not None:
             render.print_report(exc.report)  # type: ignore[arg-type]
@@ -133,6 +140,48 @@ def up(
     elif not quiet:
         render.print_up(res)
     raise typer.Exit(EXIT_CHANGED if (res.changed and detailed_exitcode) else EXIT_OK)
+
+
+@app.command()
+def stage(
+    inventory: Path = InventoryArg,
+    source: Optional[str] = typer.Option(
+        None, "--from", help="the node to copy from (default: the first node, in inventory "
+        "order, that has the model directory / the image)"),
+    weights: bool = typer.Option(True, help="copy the model directory"),
+    image: bool = typer.Option(True, help="copy the image to nodes that lack it"),
+    port: int = typer.Option(RSYNC_PORT, min=1, max=65535,
+                             help="port of the source's temporary rsync daemon"),
+    bwlimit: int = typer.Option(0, min=0, help="MB/s per target node (0: no limit)"),
+    json_out: bool = JsonOpt,
+    accept_new_host_keys: bool = AcceptOpt,
+) -> None:
+    """Make the model directory and the image present and identical on every node.
+
+    Weights: every file's size and BLAKE2b hash is compared (manifests, cached per node);
+    what a node lacks or has different is copied node-to-node over the cluster network with
+    rsync (a temporary rsync daemon on the source; the targets pull in parallel) into a
+    staging copy beside the final path, verified, then swapped in: the final path is never a
+    partial copy, and an interrupted copy resumes at the next run. Free space is checked first.
+    Image: `save | load` streamed from a node that has it (no registry needed)."""
+    setup(quiet=json_out)
+    dep = Deployment.load(inventory)
+    names = [n.name for n in dep.inv.nodes]
+    if source is not None and source not in names:
+        raise InputError(f"--from {source}: not a node of the inventory ({', '.join(names)})")
+    opts = service.StageOptions(source=source, weights=weights, image=image, port=port,
+                                bwlimit_mb=bwlimit)
+    try:
+        with render.transfer_progress("image") as ip, render.transfer_progress("model") as wp:
+            res = run_async(lambda: service.stage(dep, opts, ip, wp, accept_new=accept_new_host_keys))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        render.print_error("interrupted: the final paths are untouched; `orch stage` again resumes")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_out:
+        render.print_json(res.to_json())
+    else:
+        render.print_stage(res)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()

@@ -21,12 +21,15 @@ from . import config, netinfo, runtime, runtime_api, secrets
 from .errors import CommandError, ConnectError, InventoryError, NodeErrors, OrchError, RuntimeApiUnavailable
 from .inventory import Inventory
 from .log import log
-from .plan import Fleet, NodeNet, fleet_plan
+from .plan import Digests, Fleet, NodeNet, fleet_plan
 from .playbook import Playbook, Profile
 from .remote import Host, Shell, Target, close_all, connect, connect_all
 from .runtime import Container
 from .secrets import Secrets
 from .snapshot import NodeLook, Snapshot
+from .stage.manifest import Manifest, manifest_argv, parse_manifest
+
+MANIFEST_TIMEOUT = 3600  # hashing a 470 GB model the first time, at a few GB/s
 
 T = TypeVar("T")
 
@@ -67,10 +70,13 @@ class Deployment:
     def api_key(self) -> str | None:
         return self.secrets.api_key if self.secrets else None
 
-    def plan(self, nets: dict[str, NodeNet] | None = None) -> Fleet:
-        """The fleet with the NICs/IPs known (`nets`: detected ones; others are placeholders)."""
-        digest = self.secrets.digest() if self.secrets else None
-        fleet = fleet_plan(self.inv, self.playbook, self.profile, nets, digest)
+    def plan(self, nets: dict[str, NodeNet] | None = None, model_digest: str | None = None) -> Fleet:
+        """The fleet with the NICs/IPs known (`nets`: detected ones; others are placeholders);
+        `model_digest`: the model's manifest digest, folded into the spec hashes when the
+        inventory asks for it (model.digest_in_spec)."""
+        digests = Digests(self.secrets.digest() if self.secrets else None,
+                          model_digest if self.inv.model.digest_in_spec else None)
+        fleet = fleet_plan(self.inv, self.playbook, self.profile, nets, digests)
         if self.secrets_unread:
             fleet.warnings.append(
                 f"secrets not readable here ({self.secrets_unread}): container names and spec "
@@ -155,8 +161,34 @@ class Session:
         return out
 
     async def plan(self, tolerant: bool = False) -> Fleet:
-        """The fleet with every node's NIC/IP resolved on the host (tolerant: skip failures)."""
-        return self.dep.plan(await self.nets(tolerant))
+        """The fleet with every node's NIC/IP resolved on the host (tolerant: skip failures),
+        and, when the inventory folds it into the spec hash, the model's manifest digest."""
+        nets = await self.nets(tolerant)
+        return self.dep.plan(nets, await self.model_digest() if self.dep.inv.model.digest_in_spec else None)
+
+    async def manifests(self, names: list[str] | None = None, path: str | None = None
+                        ) -> dict[str, Manifest | None | BaseException]:
+        """The manifest of the model directory (or `path`) on every (named) node; None where
+        it does not exist."""
+        where = path or self.dep.inv.model.path
+
+        async def one(h: Host) -> Manifest | None:
+            r = await h.run(manifest_argv(where), check=False, timeout=MANIFEST_TIMEOUT)
+            return parse_manifest(h.name, r.stdout)
+
+        return await self.each(one, names)
+
+    async def model_digest(self) -> str | None:
+        """The manifest digest of the first node that has the model (the reference: preflight's
+        model.identical fails where another node differs)."""
+        if not self.dep.inv.model.path.startswith("/"):
+            return None
+        got = await self.manifests()
+        for node in [n.name for n in self.dep.inv.nodes]:
+            m = got.get(node)
+            if isinstance(m, Manifest):
+                return m.digest
+        return None
 
     async def containers(self, h: Host, all_deployments: bool = False) -> list[Container]:
         return runtime.parse_objects(await self.inspect_containers(h, all_deployments))
@@ -242,6 +274,8 @@ class Session:
                 snap.unreachable[name] = str(r)
             else:
                 snap.looks[name] = r
+        if self.dep.inv.model.digest_in_spec:  # the spec hashes depend on it
+            snap.model_digest = await self.model_digest()
         return snap
 
     async def remove(self, h: Host, select: Callable[[Container], bool] | None = None

@@ -91,12 +91,18 @@ class Model(Strict):
         description="what `vllm serve` loads: a path on the nodes, or a hub id",
     )
     served_name: str | None = Field(None, min_length=1, description="--served-model-name")
+    digest_in_spec: bool = Field(
+        False, description="fold the model directory's manifest digest (every file's size and "
+        "hash, `orch stage`) into the spec hash: changed weights are drift and `orch up` "
+        "redeploys (costs one cached manifest per node per up/status)")
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
         if v.startswith("-"):
             raise ValueError("must not start with '-'")
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("must not hold control characters (newlines, tabs)")
         return v
 
 

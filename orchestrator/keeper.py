@@ -44,7 +44,7 @@ from .remote import connect_all
 from .snapshot import Snapshot
 from .state import private_dir, state_dir
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: snapshots carry the model digest
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 REPLY_TIMEOUT_S = 90  # a keeper reconnecting to a dead node takes up to the retry deadline
 CHECK_S = 5.0

@@ -122,6 +122,18 @@ class Host:
         except (asyncssh.Error, OSError) as exc:
             raise ConnectError(self.name, f"connection lost while streaming: {exc}") from exc
 
+    async def start(self, argv: Sequence[str]) -> Process:
+        """Start a long-running command whose stdin and stdout (bytes; stderr merged) the
+        caller drives: a copy's data stream, a daemon tied to this channel."""
+        full = (["sudo", "-n", "--"] if self.sudo else []) + list(argv)
+        try:
+            proc = await self._conn.create_process(shlex.join(full), stderr=asyncssh.STDOUT,
+                                                   encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectError.lost(self.name, f"connection lost while starting {full[0]}: {exc}"
+                                    ) from exc
+        return Process(self.name, full, proc)
+
     async def sh(self, script: str, **kw: object) -> Result:
         """Run a fixed script (orch's own text, never inventory values) with sh -c."""
         return await self.run(["sh", "-c", script], **kw)  # type: ignore[arg-type]
@@ -153,6 +165,45 @@ class Host:
     async def aclose(self) -> None:
         self._conn.close()
         await self._conn.wait_closed()
+
+
+class Process:
+    """A command running on a node (Host.start): write its stdin, read its output, wait."""
+
+    def __init__(self, node: str, argv: list[str], proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        self.node, self.argv, self._proc = node, argv, proc
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectError.lost(self.node, f"{self.argv[0]}: its input broke: {exc}") from exc
+
+    def close_input(self) -> None:
+        self._proc.stdin.write_eof()
+
+    async def read(self, n: int = 1 << 16) -> bytes:
+        """Up to n bytes of output; b"" once it ended."""
+        try:
+            return await self._proc.stdout.read(n)
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectError.lost(self.node, f"{self.argv[0]}: its output broke: {exc}") from exc
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status (None: killed by a signal, or the channel closed first)."""
+        try:
+            r = await asyncio.wait_for(self._proc.wait(check=False), timeout)
+        except TimeoutError as exc:
+            raise CommandError(self.node, self.argv, None, f"still running after {timeout:.0f}s"
+                               ) from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectError.lost(self.node, f"{self.argv[0]}: connection lost: {exc}") from exc
+        return r.exit_status
+
+    def close(self) -> None:
+        """Close the channel (the remote side sees its input end and a hangup)."""
+        self._proc.close()
 
 
 class Shell:

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
+from rich.progress import BarColumn, DownloadColumn, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from .log import log
 from .plan import Fleet, Plan
 from .preflight.report import CHECKS, SKIPPED_REASON, Report
 from .secrets import mask
@@ -23,6 +27,7 @@ from .status import GroupStatus, NodeStatus, Status
 if TYPE_CHECKING:
     from .deploy import UpResult
     from .playbook import Playbook
+    from .service import StageResult
     from .smoke import SmokeResult
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -271,3 +276,55 @@ def print_playbooks(books: list[tuple[Path, Playbook]]) -> None:
 def emit_log_line(width: int, node: str, text: str) -> None:
     """One line of `orch logs`: the node, then the rank's line (secrets masked)."""
     print(f"{node:<{width}} | {mask(text)}", flush=True)
+
+
+# --- staging -----------------------------------------------------------------------------
+
+@contextmanager
+def transfer_progress(what: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per node on a terminal; elsewhere (cron, CI) a log line per node every
+    10 s and at the end.  Yields update(node, bytes done, bytes total)."""
+    if err_console.is_terminal:
+        cols = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn())
+        with RichProgress(*cols, console=err_console, transient=False) as bars:
+            tasks: dict[str, TaskID] = {}
+
+            def update(node: str, done: int, total: int) -> None:
+                if node not in tasks:
+                    tasks[node] = bars.add_task(f"{what} {node}", total=total)
+                bars.update(tasks[node], completed=done, total=total)
+
+            yield update
+        return
+    last: dict[str, float] = {}
+
+    def log_update(node: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last.get(node, 0.0) >= 10:
+            last[node] = now
+            log.info("copying", what=what, node=node, done_mb=round(done / 1e6, 1),
+                     total_mb=round(total / 1e6, 1), pct=round(100 * done / total, 1) if total else 100)
+
+    yield log_update
+
+
+def print_stage(res: StageResult) -> None:
+    if res.image is not None:
+        i = res.image
+        if i.copied:
+            console.print(f"image {i.image}: copied from {i.source} to {', '.join(i.copied)} "
+                          f"({i.bytes / 1e9:.2f} GB in {i.seconds:.1f}s)", highlight=False)
+        else:
+            console.print(f"image {i.image}: present on every node", highlight=False)
+    if res.weights is not None:
+        w = res.weights
+        console.print(f"model {w.reference.bytes / 1e9:.2f} GB in {len(w.reference.files)} files, "
+                      f"source {w.source}, manifest {w.reference.digest}", highlight=False)
+        for c in w.copies:
+            mbs = c.bytes / 1e6 / c.seconds if c.seconds else 0.0
+            console.print(f"  {c.node}: copied {len(c.fetch)} file(s), {c.bytes / 1e9:.2f} GB, "
+                          f"{c.seconds:.1f}s ({mbs:.0f} MB/s); {len(c.keep)} already right",
+                          highlight=False)
+        for n in w.identical:
+            console.print(f"  {n}: identical", highlight=False)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import bench as bench_mod
 from . import keeper, state
 from . import logs as logs_mod
-from .cluster import Deployment, connected
+from .cluster import Deployment, Session, connected
 from .deploy import UpOptions, UpResult
 from .deploy import down as deploy_down
 from .deploy import up as deploy_up
@@ -22,7 +23,41 @@ from .preflight import CHECKS, Report, run_checks, unknown_skips
 from .probe import Api
 from .smoke import SmokeResult, run_smoke
 from .snapshot import Snapshot
+from .stage.images import ImageResult, stage_image
+from .stage.scripts import RSYNC_PORT
+from .stage.weights import Progress, WeightsResult, stage_weights
 from .status import Status, deployment_status
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    source: str | None = None  # the node to copy from (default: the first that has it)
+    weights: bool = True
+    image: bool = True
+    port: int = RSYNC_PORT  # the source's temporary rsync daemon
+    bwlimit_mb: int = 0  # MB/s per target (0: no limit)
+
+
+@dataclass
+class StageResult:
+    image: ImageResult | None = None
+    weights: WeightsResult | None = None
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.image is not None:
+            i = self.image
+            out["image"] = {"image": i.image, "source": i.source, "copied": i.copied,
+                            "present": i.present, "bytes": i.bytes, "seconds": round(i.seconds, 2)}
+        if self.weights is not None:
+            w = self.weights
+            out["weights"] = {
+                "source": w.source, "manifest": w.reference.digest, "files": len(w.reference.files),
+                "bytes": w.reference.bytes, "identical": w.identical, "seconds": round(w.seconds, 2),
+                "copies": [{"node": c.node, "copied": c.fetch, "linked": len(c.keep),
+                            "removed": c.extra, "bytes": c.bytes, "seconds": round(c.seconds, 2)}
+                           for c in w.copies]}
+        return out
 
 
 def resolve_inventory(path: Path | None) -> Path:
@@ -43,12 +78,40 @@ def check_skips(skip: list[str]) -> None:
         raise InputError(f"--skip-checks {', '.join(bad)}: no such check; checks: {', '.join(CHECKS)}")
 
 
-async def up(dep: Deployment, opts: UpOptions, *, accept_new: bool = False) -> UpResult:
-    """Deploy or repair under the deployment's lock; the result goes into the history."""
+async def stage_on(s: Session, opts: StageOptions, image_progress: Progress,
+                   weights_progress: Progress) -> StageResult:
+    out = StageResult()
+    if opts.image:
+        out.image = await stage_image(s, source=opts.source, progress=image_progress)
+    if opts.weights and s.dep.inv.model.path.startswith("/"):
+        out.weights = await stage_weights(s, source=opts.source, port=opts.port,
+                                          bwlimit_kb=opts.bwlimit_mb * 1000, progress=weights_progress)
+    return out
+
+
+async def stage(dep: Deployment, opts: StageOptions, image_progress: Progress,
+                weights_progress: Progress, *, accept_new: bool = False) -> StageResult:
+    """The image and the model directory present and identical on every node."""
+    name = dep.inv.deployment
+    with state.DeploymentLock(name):
+        async with connected(dep, accept_new=accept_new) as s:
+            res = await stage_on(s, opts, image_progress, weights_progress)
+    state.append_history(name, {"action": "stage", "result": "done",
+                                "image_copied": res.image.copied if res.image else [],
+                                "model_copied": [c.node for c in res.weights.copies] if res.weights else []})
+    return res
+
+
+async def up(dep: Deployment, opts: UpOptions, *, accept_new: bool = False,
+             stage_first: tuple[StageOptions, Progress, Progress] | None = None) -> UpResult:
+    """Deploy or repair under the deployment's lock (staging the image and weights first, when
+    asked); the result goes into the history."""
     name = dep.inv.deployment
     with state.DeploymentLock(name):
         try:
             async with connected(dep, accept_new=accept_new) as s:
+                if stage_first is not None:
+                    await stage_on(s, *stage_first)
                 res = await deploy_up(s, opts)
         except OrchError as exc:
             state.append_history(name, {"action": "up", "result": "failed", "error": str(exc)[:500]})

@@ -32,6 +32,7 @@ class Snapshot:
     looks: dict[str, NodeLook] = field(default_factory=dict)  # reachable nodes
     unreachable: dict[str, str] = field(default_factory=dict)  # node -> why
     via: str = "fresh SSH connections"  # how it was taken, for the operator
+    model_digest: str | None = None  # the model's manifest digest (model.digest_in_spec only)
 
     def nets(self, inv: Inventory) -> dict[str, NodeNet]:
         """Every node's cluster NIC/IP from its facts; nodes without usable facts are left out
@@ -56,9 +57,9 @@ class Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return {"looks": {k: asdict(v) for k, v in self.looks.items()},
-                "unreachable": self.unreachable, "via": self.via}
+                "unreachable": self.unreachable, "via": self.via, "model_digest": self.model_digest}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Snapshot:
         return cls({k: NodeLook(**v) for k, v in d["looks"].items()}, dict(d["unreachable"]),
-                   str(d["via"]))
+                   str(d["via"]), d.get("model_digest"))

@@ -248,4 +248,4 @@ async def router_status(snap: Snapshot, fleet: Fleet, groups: list[GroupStatus],
 async def deployment_status(dep: Deployment, snap: Snapshot, probe: bool = True) -> Status:
     """`orch status` of a deployment from one snapshot of its nodes (the plan uses the NICs/IPs
     the snapshot saw)."""
-    return await status(snap, dep.plan(snap.nets(dep.inv)), dep.api_key, probe)
+    return await status(snap, dep.plan(snap.nets(dep.inv), snap.model_digest), dep.api_key, probe)

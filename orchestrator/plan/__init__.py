@@ -4,7 +4,7 @@ Pure: this package imports nothing that does I/O (no SSH, no HTTP; tests/unit/te
 proves it).  Every container name, label and argv element is computed here, so `orch plan`
 shows exactly what `orch up` will run, and status/down find containers by the same labels.
 
-    build_plan(inv, pb, prof, nets, secret_digest)    one group, by the playbook's topology:
+    build_plan(inv, pb, prof, nets, digests)    one group, by the playbook's topology:
         dp.plan      topologies single and dp (the seeds' head + headless ranks)
         ray.plan     topology ray (ray start on every node, vllm serve in the head)
         pd.plan      topology pd (prefill and decode instances, a proxy)
@@ -26,6 +26,7 @@ from .model import (
     LABEL_NODE,
     LABEL_ROLE,
     LABEL_SPEC,
+    Digests,
     Fleet,
     Link,
     NodeNet,
@@ -38,7 +39,7 @@ from .model import (
 from .planners import PLANNERS
 
 __all__ = [
-    "DERIVED_FLAGS", "Fleet", "LABEL_DEPLOYMENT", "LABEL_NODE", "LABEL_ROLE", "LABEL_SPEC", "Link",
+    "DERIVED_FLAGS", "Digests", "Fleet", "LABEL_DEPLOYMENT", "LABEL_NODE", "LABEL_ROLE", "LABEL_SPEC", "Link",
     "NodeNet", "NodeSpec", "PLANNERS", "Plan", "Port", "Role", "Topology", "build_plan",
     "container_spec", "fleet_plan", "merged_serve_flags", "ordered_nodes", "render_flags", "resolve_nets",
     "spec_hash",
@@ -50,12 +51,12 @@ def build_plan(
     pb: Playbook,
     prof: Profile,
     nets: Mapping[str, NodeNet] | None = None,
-    secret_digest: str | None = None,
+    digests: Digests = Digests(),
 ) -> Plan:
     """Render every node's container spec for the playbook's topology.  `nets` holds detected
     NIC/IP per node name (nodes without are placeholders, listed in `Plan.unresolved`);
-    `secret_digest` (secrets.Secrets.digest) folds secret values into the spec hash."""
-    return PLANNERS[pb.topology](inv, pb, prof, nets, secret_digest)
+    `digests` folds secret values (and, asked for, the model's manifest) into the spec hash."""
+    return PLANNERS[pb.topology](inv, pb, prof, nets, digests)
 
 
 def fleet_plan(
@@ -63,7 +64,7 @@ def fleet_plan(
     pb: Playbook,
     prof: Profile,
     nets: Mapping[str, NodeNet] | None = None,
-    secret_digest: str | None = None,
+    digests: Digests = Digests(),
 ) -> Fleet:
     """What the inventory deploys: its group(s) and, for a fleet, the router (fleet.py)."""
-    return plan_fleet(inv, pb, prof, nets, secret_digest)
+    return plan_fleet(inv, pb, prof, nets, digests)

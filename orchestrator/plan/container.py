@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from ..inventory import Inventory, Node
 from ..playbook import ContainerOptions, Profile
 from .common import spec_hash
-from .model import LABEL_DEPLOYMENT, LABEL_NODE, LABEL_ROLE, LABEL_SPEC, NodeNet, NodeSpec, Port, Role
+from .model import LABEL_DEPLOYMENT, LABEL_NODE, LABEL_ROLE, LABEL_SPEC, Digests, NodeNet, NodeSpec, Port, Role
 
 
 def run_options(*, inv: Inventory, prof: Profile, container: ContainerOptions, node: Node,
@@ -59,7 +59,7 @@ def container_spec(
     role: Role,
     serve: list[str],
     env: dict[str, str],
-    secret_digest: str | None,
+    digests: Digests,
     used_devices: int,
     publish: int | None,
     ranks: tuple[int, ...] = (),
@@ -87,7 +87,9 @@ def container_spec(
     payload: dict[str, object] = {"image": img, "run": run_opts, "env": env, "serve": serve,
                                   "runtime": inv.runtime}
     if secret_env:
-        payload["secrets"] = [list(secret_env), secret_digest]
+        payload["secrets"] = [list(secret_env), digests.secrets]
+    if digests.model is not None and serve:
+        payload["model_manifest"] = digests.model
     if command is not None:
         payload["command"] = command
     h = spec_hash(payload)

@@ -22,7 +22,7 @@ from .common import (
     resolve_nets,
 )
 from .container import container_spec
-from .model import Link, NodeNet, NodeSpec, Plan, Port, Role
+from .model import Digests, Link, NodeNet, NodeSpec, Plan, Port, Role
 
 
 def local_sizes(inv: Inventory, pb: Playbook) -> tuple[int, int, list[int]]:
@@ -72,7 +72,7 @@ def check_devices(inv: Inventory, prof: Profile, tp: int, sizes: list[int]) -> N
 
 
 def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet] | None,
-         secret_digest: str | None) -> Plan:
+         digests: Digests) -> Plan:
     tp, dp, sizes = local_sizes(inv, pb)
     check_devices(inv, prof, tp, sizes)
     api_port = inv.overrides.api_port or pb.ports.api
@@ -121,7 +121,7 @@ def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet
                       Link(node.name, nodes[0].name, "rpc", rpc_port)]
         specs.append(container_spec(
             inv=inv, prof=prof, container=pb.container, node=node, net=net, role=role,
-            serve=serve, env=env, secret_digest=secret_digest, used_devices=tp * local,
+            serve=serve, env=env, digests=digests, used_devices=tp * local,
             publish=api_port, ranks=tuple(range(rank, rank + local)),
             api_port=None if role == "headless" else api_port, listens=listens))
         rank += local

@@ -22,7 +22,7 @@ from ..inventory import Inventory, Node
 from ..playbook import Playbook, Profile
 from .common import api_warnings, render_flags, resolve_nets
 from .container import container_spec
-from .model import Fleet, NodeNet, Plan, Port
+from .model import Digests, Fleet, NodeNet, Plan, Port
 from .planners import PLANNERS
 
 ROUTER_COMMAND = "vllm-router"
@@ -57,14 +57,14 @@ def group_inventory(inv: Inventory, nodes: list[Node]) -> Inventory:
 
 
 def plan_fleet(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet] | None,
-               secret_digest: str | None) -> Fleet:
+               digests: Digests) -> Fleet:
     if not inv.fleet:
-        return Fleet(inv.deployment, [PLANNERS[pb.topology](inv, pb, prof, nets, secret_digest)])
+        return Fleet(inv.deployment, [PLANNERS[pb.topology](inv, pb, prof, nets, digests)])
     groups: list[Plan] = []
     for i, nodes in enumerate(inv.replica_nodes()):
         sub = group_inventory(inv, nodes)
         try:
-            g = PLANNERS[pb.topology](sub, pb, prof, nets, secret_digest)
+            g = PLANNERS[pb.topology](sub, pb, prof, nets, digests)
         except TopologyError as exc:
             names = ", ".join(n.name for n in nodes)
             raise TopologyError(f"replica {i} ({names}): {exc}") from exc
@@ -83,7 +83,7 @@ def plan_fleet(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, N
                             f"is also used by a replica on {router_node.name}")
     router = container_spec(
         inv=inv, prof=prof, container=pb.container, node=router_node, net=net, role="router",
-        serve=[], env={}, secret_digest=secret_digest, used_devices=0, publish=r.port,
+        serve=[], env={}, digests=digests, used_devices=0, publish=r.port,
         api_port=r.port, listens=(Port("router", r.port),), command=router_argv(inv),
         image=r.image, run_opts=["--net=host"])
     warnings = api_warnings(r.host, {}, inv)

@@ -28,6 +28,16 @@ RANK_ROLES: frozenset[str] = frozenset({"head", "headless", "single", "ray-head"
 
 
 @dataclass(frozen=True)
+class Digests:
+    """Values the spec hash folds in without showing them: the secrets' digest
+    (secrets.Secrets.digest: a rotated token redeploys) and, when the inventory asks for it
+    (model.digest_in_spec), the model directory's manifest digest (changed weights redeploy)."""
+
+    secrets: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeNet:
     """The cluster NIC and IP of one node (from the inventory or detected on the host)."""
 

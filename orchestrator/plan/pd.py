@@ -27,7 +27,7 @@ from ..inventory import Inventory
 from ..playbook import PDGroup, PDPlaybook, Playbook, Profile
 from .common import api_warnings, nic_env, node_env, render_flags, resolve_nets
 from .container import container_spec
-from .model import Link, NodeNet, NodeSpec, Plan, Port
+from .model import Digests, Link, NodeNet, NodeSpec, Plan, Port
 
 PDRole = Literal["prefill", "decode"]
 # vllm-router takes the worker's key from its own environment (OPENAI_API_KEY) and sends it
@@ -138,7 +138,7 @@ def plan_pd(
 
 
 def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet] | None,
-         secret_digest: str | None) -> Plan:
+         digests: Digests) -> Plan:
     pdp = pb.pd
     assert pdp is not None
     nodes, resolved, unresolved = resolve_nets(inv, nets)
@@ -180,7 +180,7 @@ def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet
             links.append(Link(node.name, heads[pn.instance], f"{pn.role} rpc", g.rpc_port))
         specs.append(container_spec(
             inv=inv, prof=prof, container=pb.container, node=node, net=net, role=pn.role,
-            serve=pn.serve_argv, env=env, secret_digest=secret_digest,
+            serve=pn.serve_argv, env=env, digests=digests,
             used_devices=g.tensor * g.data_local, publish=g.api_port,
             ranks=tuple(range(member * g.data_local, (member + 1) * g.data_local)),
             api_port=g.api_port if pn.head else None, instance=pn.instance, listens=listens,
@@ -194,7 +194,7 @@ def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet
             command = WITH_KEY + command
     specs.append(container_spec(
         inv=inv, prof=prof, container=pb.container, node=p_node, net=p_net, role="proxy",
-        serve=[], env={}, secret_digest=secret_digest, used_devices=0, publish=pdp.proxy_port,
+        serve=[], env={}, digests=digests, used_devices=0, publish=pdp.proxy_port,
         api_port=pdp.proxy_port, listens=listens, command=command, image=pdp.proxy_image))
     links = [lk for lk in links if lk.src != lk.dst]
     warnings = api_warnings(pdp.host, pdp.serve, inv)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from ..inventory import Inventory
 from ..playbook import Playbook, Profile
 from . import dp, pd, ray
-from .model import NodeNet, Plan
+from .model import Digests, NodeNet, Plan
 
-Planner = Callable[[Inventory, Playbook, Profile, Mapping[str, NodeNet] | None, str | None], Plan]
+Planner = Callable[[Inventory, Playbook, Profile, Mapping[str, NodeNet] | None, Digests], Plan]
 PLANNERS: dict[str, Planner] = {"single": dp.plan, "dp": dp.plan, "ray": ray.plan, "pd": pd.plan}

@@ -21,7 +21,7 @@ from ..inventory import Inventory
 from ..playbook import Playbook, Profile
 from .common import api_warnings, check_node_count, merged_serve_flags, node_env, render_flags, resolve_nets
 from .container import container_spec
-from .model import Link, NodeNet, NodeSpec, Plan, Port
+from .model import Digests, Link, NodeNet, NodeSpec, Plan, Port
 
 # Flags orch sets itself in this topology, besides common.DERIVED_FLAGS.
 RAY_DERIVED = frozenset({"--distributed-executor-backend", "--pipeline-parallel-size", "-pp"})
@@ -38,7 +38,7 @@ def serve_exec_argv(runtime: str, container: str, serve: list[str]) -> list[str]
 
 
 def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet] | None,
-         secret_digest: str | None) -> Plan:
+         digests: Digests) -> Plan:
     assert pb.ray is not None
     o = inv.overrides
     nodes, resolved, unresolved = resolve_nets(inv, nets)
@@ -94,7 +94,7 @@ def plan(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, NodeNet
         specs.append(container_spec(
             inv=inv, prof=prof, container=pb.container, node=node, net=net,
             role="ray-head" if head else "ray-worker", serve=serve if head else [], env=env,
-            secret_digest=secret_digest, used_devices=used[i], publish=api_port,
+            digests=digests, used_devices=used[i], publish=api_port,
             ranks=(0,) if head else (), api_port=api_port if head else None,
             listens=(Port("API", api_port), Port("ray GCS", gcs)) if head else (),
             command=start))

@@ -12,7 +12,8 @@ Status = Literal["pass", "warn", "fail"]
 CHECKS: tuple[str, ...] = (
     "ssh.reachable", "ssh.root", "runtime.present", "runtime.daemon",
     "net.nic", "net.ping", "ports.free", "ports.reachable",
-    "image.present", "image.same", "model.present", "model.same", "shm.size", "disk.free",
+    "image.present", "image.same", "model.present", "model.same", "model.identical", "shm.size",
+    "disk.free",
     "npu.count", "npu.health", "npu.busy", "npu.hbm",
     "hccn.link", "hccn.health", "hccn.ip", "hccn.gateway", "hccn.netdetect", "hccn.tls",
     "hccn.ping", "gpu.count", "gpu.busy", "gpu.driver", "driver.same",

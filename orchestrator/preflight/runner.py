@@ -17,11 +17,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import netinfo
-from ..cluster import Session
-from ..errors import CommandError, ConnectError, TopologyError
+from ..cluster import MANIFEST_TIMEOUT, Session
+from ..errors import CommandError, ConnectError, StageError, TopologyError
 from ..hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from ..log import log
 from ..plan import Fleet, Link, NodeNet
+from ..stage.manifest import Manifest, manifest_argv, parse_manifest
 from . import scripts
 from .accel import ascend_checks, gpu_checks, hccn_ping_plan
 from .parse import CrossFacts, NodeFacts, image_id, parse_cross, parse_gather
@@ -29,6 +30,7 @@ from .peers import incoming, probe_peers
 from .report import CHECKS, SKIPPED_REASON, CheckResult, Report, order, skipped
 from .verdicts import (
     NodeCtx,
+    identical_checks,
     link_checks,
     node_checks,
     ping_checks,
@@ -48,11 +50,11 @@ HCCN_PING_TIMEOUT = 35  # per peer, each NPU's pings run one after the other
 
 def applicable(kind: str, multi: bool, has_ports: bool, model_is_path: bool) -> list[str]:
     """The checks a reachable node gets (for --skip-checks rows)."""
-    out = [c for c in CHECKS[:14] if c not in ("net.ping", "ports.reachable", "ports.free",
-                                               "image.same", "model.same")]
+    out = [c for c in CHECKS[:15] if c not in ("net.ping", "ports.reachable", "ports.free",
+                                               "image.same", "model.same", "model.identical")]
     if multi:
-        out += ["net.ping", "ports.reachable", "image.same"] + (["model.same"] if model_is_path
-                                                                else [])
+        out += ["net.ping", "ports.reachable", "image.same"] + (
+            ["model.same", "model.identical"] if model_is_path else [])
     if has_ports:
         out.append("ports.free")
     if kind == "ascend":
@@ -97,21 +99,39 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
     gargs = scripts.gather_args(dep.inv.runtime, dep.inv.image, dep.inv.model.path)
     seen = dict(s.facts_seen)  # network facts the session read already: not gathered again
 
-    async def round1(h: Any) -> tuple[Any, Any]:
+    want_manifest = (multi and dep.inv.model.path.startswith("/")
+                     and not skipped("model.identical", skip))
+
+    async def round1(h: Any) -> tuple[Any, Any, Any]:
         gather = scripts.gather_script(kind, with_net=h.name not in seen)
         jobs = [h.run(["sh", "-c", gather, "sh", *gargs], check=False, timeout=GATHER_TIMEOUT)]
         if want_probe:
             node = inv_nodes[h.name]
             ndev = node.devices if node.devices is not None else dep.profile.devices
             jobs.append(h.sh(ascend_probe_script(ndev), check=False, timeout=PROBE_TIMEOUT))
+        if want_manifest:  # every file's size and hash (cached on the node): model.identical
+            jobs.append(h.run(manifest_argv(dep.inv.model.path), check=False,
+                              timeout=MANIFEST_TIMEOUT))
         got = await asyncio.gather(*jobs, return_exceptions=True)
-        return got[0], (got[1] if want_probe else None)
+        return (got[0], got[1] if want_probe else None,
+                got[-1] if want_manifest else None)
 
     facts: dict[str, NodeFacts] = {}
     probes: dict[str, AscendProbe | None] = {}
     probe_errors: dict[str, str] = {}
+    manifests: dict[str, Manifest | None | str] = {}  # str: why there is none
     for n, r in (await s.each(round1, names)).items():
-        g, p = (r, None) if isinstance(r, BaseException) else r
+        g, p, mf = (r, None, None) if isinstance(r, BaseException) else r
+        if want_manifest and not isinstance(r, BaseException):
+            try:
+                if mf is None:
+                    manifests[n] = "no result"
+                elif isinstance(mf, BaseException):
+                    manifests[n] = _why(mf)
+                else:
+                    manifests[n] = parse_manifest(n, mf.stdout)
+            except StageError as exc:
+                manifests[n] = str(exc)
         h = s.hosts[n]
         if isinstance(g, BaseException):
             why = (f"connected to {n}, but the checks did not finish ({_why(g)})"
@@ -180,6 +200,8 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             f"copy the model again to the nodes that differ (`orch stage`, or `rsync -a "
             f"--delete {model}/ NODE:{model}/`); a partial copy fails at load time",
             show=lambda v: f"{v} bytes")
+        if want_manifest:
+            out += identical_checks({n: m for n, m in manifests.items() if n in facts}, model)
 
     # round 2: probes bounded per node (peers.py), connects along the plan's links
     ips = {n: nets[n].ip for n in facts if n in nets}

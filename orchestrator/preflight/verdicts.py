@@ -16,6 +16,8 @@ from ..errors import TopologyError
 from ..inventory import Node
 from ..plan import LABEL_DEPLOYMENT, LABEL_NODE, Link, NodeNet, NodeSpec
 from ..runtime import Container
+from ..stage.manifest import Manifest
+from ..stage.manifest import majority as majority_manifest
 from .parse import CrossFacts, NodeFacts, human, image_id, shm_size_bytes
 from .report import CheckResult, Status
 
@@ -436,3 +438,29 @@ def link_checks(links: list[Link], ips: Mapping[str, str], busy: Mapping[str, se
         rows += ports_reachable_checks(dst, ips.get(dst), ports, busy.get(dst, set()), sub,
                                        own.get(dst, set()))
     return merge_rows(rows)
+
+
+def identical_checks(manifests: Mapping[str, Manifest | None | str], model: str) -> list[CheckResult]:
+    """model.identical: every node's model directory holds the same files with the same
+    hashes (the manifest most nodes have is the reference); a differing node is told which
+    files differ.  Nodes without the directory are model.present's failure, not this one's."""
+    have = {n: m for n, m in manifests.items() if isinstance(m, Manifest)}
+    out = [res(n, "model.identical", "warn", f"no manifest of {model} on {n}: {m}",
+               "check that b2sum (coreutils) and find are on the node")
+           for n, m in manifests.items() if isinstance(m, str)]
+    ref = majority_manifest(have)
+    fix = f"`orch stage` copies the files that differ from a node that has them right ({model})"
+    for n, m in have.items():
+        if ref is None:
+            others = ", ".join(f"{k} {v.digest}" for k, v in have.items() if k != n)
+            out.append(res(n, "model.identical", "fail", f"manifest {m.digest} on {n}, but {others}: "
+                           "no majority to tell which is right", fix + "; pick the source with --from"))
+        elif m.digest == ref.digest:
+            out.append(res(n, "model.identical", "pass", f"{len(m.files)} files, same sizes and hashes "
+                           f"as the other nodes (manifest {m.digest})"))
+        else:
+            bad = m.differs(ref)
+            out.append(res(n, "model.identical", "fail", f"{len(bad)} file(s) of {model} on {n} differ "
+                           f"from the other nodes: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else ""),
+                           fix))
+    return out

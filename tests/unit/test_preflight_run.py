@@ -5,6 +5,7 @@ firewalls); the Ascend probe and hccn_tool pings run for real against the fake N
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import subprocess
@@ -55,6 +56,17 @@ class World:
     calls: list[tuple[str, str, list[str]]] = field(default_factory=list)
     delay: float = 0.0
     cross_hangs: set[str] = field(default_factory=set)  # nodes whose cross step times out
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> file -> content
+
+    def manifest(self, n: str) -> str:
+        """The manifest script's output for the node's model directory."""
+        if self.model_bytes[n] is None:
+            return "orch-manifest: missing\n"
+        files = {"model.safetensors": "w" * (self.model_bytes[n] or 0), "config.json": "{}",
+                 **self.files.get(n, {})}
+        rows = [f"{p}\t{len(c)}\t{hashlib.blake2b(c.encode()).hexdigest()}" for p, c in sorted(files.items())]
+        total = sum(len(c) for c in files.values())
+        return f"orch-manifest v1 {len(rows)} {total} 0\n" + "\n".join(rows) + "\n"
 
     def net(self, n: str) -> str:
         """The node's network facts (netinfo.FACTS_SCRIPT's output)."""
@@ -140,7 +152,8 @@ class FakeHost:
     async def run(self, argv, *, timeout=120, check=True, merge=False, input=None):  # noqa: A002
         script, args = argv[2], list(argv[4:])
         kind = ("gather" if S.GATHER_MARK in script else "cross" if S.CROSS_MARK in script
-                else "clean" if S.CLEAN_MARK in script else "probe")
+                else "clean" if S.CLEAN_MARK in script else "manifest" if "orch-manifest" in script
+                else "probe")
         self.world.calls.append((self.name, kind, args))
         if self.world.delay:
             await asyncio.sleep(self.world.delay)
@@ -152,6 +165,8 @@ class FakeHost:
             raise CommandError(self.name, list(argv[:3]), None, f"timed out after {timeout:.0f}s")
         if kind == "cross":
             return Result(0, self.world.cross(self.name, args), "")
+        if kind == "manifest":
+            return Result(0, self.world.manifest(self.name), "")
         if kind == "clean":
             return Result(0, "removed /dev/shm/psm_dead\nkept /dev/shm/psm_live (in use)\n", "")
         return Result(0, subprocess.run(["sh", "-c", script], capture_output=True, text=True,  # noqa: ASYNC221
@@ -204,7 +219,7 @@ def test_healthy_cluster_passes_every_check(tmp_path):
     assert checks["h0"] - checks["h1"] == {"ports.free"}
     assert {"ssh.reachable", "ssh.root", "runtime.present", "runtime.daemon", "net.nic",
             "net.ping", "ports.reachable", "image.present", "image.same", "model.present",
-            "model.same", "shm.size", "disk.free", "stale.containers", "stale.processes",
+            "model.same", "model.identical", "shm.size", "disk.free", "stale.containers", "stale.processes",
             "stale.shm"} == checks["h1"]
     j = rep.to_json()
     assert j["ok"] is True and set(j["nodes"]) == set(NODES)  # type: ignore[arg-type]
@@ -230,7 +245,8 @@ def test_nodes_run_concurrently_in_two_round_trips(tmp_path):
     took = time.monotonic() - t0
     assert not rep.failed
     per_node = {n: [k for h, k, _ in world.calls if h == n] for n in NODES}
-    assert all(v == ["gather", "cross"] for v in per_node.values()), per_node
+    # round 1: the gather and the model's manifest at once (two channels), round 2: cross
+    assert all(v == ["gather", "manifest", "cross"] for v in per_node.values()), per_node
     assert took < 1.5, f"{took:.2f}s: nodes were checked one after the other"
 
 
@@ -294,7 +310,24 @@ def test_model_missing_everywhere_and_model_different(tmp_path):
     assert not_passing(rep) == {(n, "model.present", "fail") for n in NODES}
     assert not any(r.check == "model.same" for r in rep.results)
     w.model_bytes = {"h0": 100, "h1": 99, "h2": 100}
-    assert not_passing(check(deployment(tmp_path), w)) == {("h1", "model.same", "fail")}
+    assert not_passing(check(deployment(tmp_path), w)) == {("h1", "model.same", "fail"),
+                                                           ("h1", "model.identical", "fail")}
+
+
+def test_model_identical_names_the_file_that_differs(tmp_path):
+    w = World()
+    w.files["h1"] = {"config.json": "{ }"}  # one byte more in one file on h1
+    rep = check(deployment(tmp_path), w)
+    assert ("h1", "model.identical", "fail") in not_passing(rep)
+    r = rep.get("h1", "model.identical")
+    assert "config.json" in r.reason and "model.safetensors" not in r.reason and "orch stage" in r.fix  # type: ignore[union-attr]
+    w.files["h1"] = {"config.json": "[]"}  # same size, other bytes: only the hashes tell
+    rep = check(deployment(tmp_path), w)
+    assert not_passing(rep) == {("h1", "model.identical", "fail")}
+    assert rep.get("h0", "model.identical").status == "pass"  # type: ignore[union-attr]
+    before = len(w.calls)
+    rep = check(deployment(tmp_path), w, skip=frozenset({"model.identical"}))
+    assert not any(k == "manifest" for _, k, _ in w.calls[before:])  # skipped: nothing hashed
 
 
 def test_hub_model_id_is_not_a_path(tmp_path):
