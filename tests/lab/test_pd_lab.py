@@ -1,7 +1,8 @@
-"""Topology pd on the lab: a prefill instance on h0, a decode instance on h1, orch's proxy on
-h2; KV cache handed over through vLLM's ExampleConnector and a directory both nodes mount.
-Checks readiness, a completion and a streamed chat through the proxy, that the decode
-instance loaded the prefill's KV cache instead of computing it, status, no-op up, down."""
+"""Topology pd on the lab: a prefill instance on h0, a decode instance on h1, vllm-router (PD
+mode) as the proxy on h2; KV cache handed over through vLLM's ExampleConnector and a
+directory both nodes mount.  Checks readiness, a completion and a streamed chat through the
+router, that the decode instance loaded the prefill's KV cache instead of computing it,
+status, no-op up, down."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from tests.lab.conftest import LAUNCH_TIMEOUT, ROOT, containers
 PROXY = "http://10.77.0.13:8100"
 KV_DIR = Path("/tmp/orch-lab-pd-kv")
 PLAYBOOK = ROOT / "playbooks" / "pd" / "cpu-lab-pd.yaml"
+
+
+def proxy_cmd(lab) -> list[str]:
+    c = containers(lab)["h2"][0]
+    r = lab.run_on("h2", [lab.runtime, "inspect", "--format", "{{json .Config.Cmd}}", c["id"]], check=True)
+    return json.loads(r.stdout)
 
 
 def logs(lab, host: str) -> str:
@@ -42,8 +49,9 @@ def test_prefill_decode_through_the_proxy(lab, orch, tmp_path: Path) -> None:
         cs = containers(lab)
         assert [len(cs[h]) for h in ("h0", "h1", "h2")] == [1, 1, 1]
 
-        hc = httpx.get(f"{PROXY}/healthcheck", trust_env=False).json()
-        assert hc == {"status": "ok", "prefill_instances": 1, "decode_instances": 1}
+        models = httpx.get(f"{PROXY}/v1/models", trust_env=False).json()
+        assert [m["id"] for m in models["data"]] == ["tiny"]
+        assert "vllm-router" in " ".join(proxy_cmd(lab))
         for ip in ("10.77.0.11", "10.77.0.12"):
             assert httpx.get(f"http://{ip}:8000/health", trust_env=False).status_code == 200
 
@@ -53,8 +61,7 @@ def test_prefill_decode_through_the_proxy(lab, orch, tmp_path: Path) -> None:
         injected_before = logs(lab, "h1").count("Inject KV cache of")
         dirs_before = {d.name for d in KV_DIR.iterdir()}
         prompt = f"{nonce} " + "the quick brown fox jumps over the lazy dog " * 5
-        rid = f"orch-lab-{nonce[:8]}"
-        a = httpx.post(f"{PROXY}/v1/completions", trust_env=False, timeout=120, headers={"X-Request-Id": rid},
+        a = httpx.post(f"{PROXY}/v1/completions", trust_env=False, timeout=120,
                        json={"model": "tiny", "prompt": prompt, "max_tokens": 6, "temperature": 0})
         assert a.status_code == 200, a.text
         assert a.json()["usage"]["completion_tokens"] == 6 and a.json()["usage"]["prompt_tokens"] > 130
@@ -64,7 +71,8 @@ def test_prefill_decode_through_the_proxy(lab, orch, tmp_path: Path) -> None:
         assert len(new) == 1 and list(new[0].glob("*.safetensors")), "no new KV files"
         dec = logs(lab, "h1")
         assert dec.count("Inject KV cache of") == injected_before + 1, dec[-3000:]
-        assert rid in logs(lab, "h2")  # the proxy's own line: prefill then decode
+        # vllm-router names the request after the instances it used: prefill h0, decode h1
+        assert "prefill_addr_10.77.0.11:8000" in a.json()["id"] and "decode_addr_10.77.0.12:8000" in a.json()["id"]
         # the decoder's first token, computed on top of the injected KV, is the prefiller's
         p1 = httpx.post("http://10.77.0.11:8000/v1/completions", trust_env=False, timeout=60,
                         json={"model": "tiny", "prompt": prompt, "max_tokens": 1, "temperature": 0})
