@@ -115,10 +115,14 @@ def lab_busy() -> str | None:
              if ln.split()[0] != mine and "python" in ln.split()[1]]
     if procs:
         return f"lab tests running: {procs[0][:100]}"
-    cp = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
-    orch = [n for n in cp.stdout.split() if n.startswith("orch-")]
-    if orch:
-        return f"orch containers running: {', '.join(orch[:4])}"
+    from orchestrator.lab import Lab
+
+    lab = Lab()
+    for h in lab.hosts if lab.is_up and lab.runtime == "podman" else []:  # each host's own storage
+        cp = lab.run_on(h, ["podman", "ps", "--format", "{{.Names}}"], timeout=60)
+        orch = [n for n in cp.stdout.split() if n.startswith("orch-")]
+        if orch:
+            return f"orch containers running on {h.name}: {', '.join(orch[:4])}"
     return None
 
 
@@ -241,7 +245,7 @@ def pyenv_stale_lock() -> bool:
 
 
 def podman(lab, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    """podman as on the lab hosts (their CONTAINERS_CONF: runc); storage is shared by all."""
+    """podman as on the first lab host (its CONTAINERS_CONF and storage)."""
     return lab.run_on(lab.hosts[0], ["podman", *args], timeout=timeout)
 
 

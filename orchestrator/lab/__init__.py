@@ -2,11 +2,14 @@
 
 N network namespaces (`orchlab-h0`, ...) on a bridge `orchlab0` (10.77.0.0/24; the machine
 is 10.77.0.1, host i is 10.77.0.(11+i) on its own NIC `enp{i}s0`), each with its own
-OpenSSH sshd, the container runtime adapted per host (see runtime_shims), fake NPU tools, a
-locally built vLLM-CPU image, a tiny model and an inventory for orch. State in lab.json.
+mount namespace (private /srv/orch-lab, /var/cache/orch; podman: its own container
+storage, locks and API service), its own OpenSSH sshd, the container runtime adapted per host (see
+runtime_shims), fake NPU tools, a locally built vLLM-CPU image, a tiny model and an
+inventory for orch. State in lab.json.
 
     lab = Lab().up(hosts=3, runtime="podman")   # idempotent; reuses caches
-    lab.run_on("h1", ["podman", "ps"])          # inside h1's namespace, like an ssh session
+    lab.run_on("h1", ["podman", "ps"])          # inside h1's namespaces, like an ssh session
+    lab.hide_image("h1")                        # h1 lacks the image (restore_image: back)
     lab.down()                                  # removes exactly what lab.json records
 """
 
@@ -20,10 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import fakes, hosts as H, image, model, runtime_shims as R
-from ._util import IMAGE_TAG, LabError, Progress, lab_dir, require_root, run
+from . import fakes, image, model
+from . import hosts as H
+from . import runtime_shims as R
+from ._util import IMAGE_TAG, LabError, Progress, lab_dir, mounts_under, require_root, run, term_pid
 from .inventory import write_inventory
-from .state import BRIDGE, FORWARD_RULE, LabHost, LabState, host_spec
+from .state import BRIDGE, FORWARD_RULE, PRIVATE_DIRS, LabHost, LabState, host_spec
 
 __all__ = ["Lab", "LabError", "LabHost", "IMAGE_TAG", "write_inventory", "lab_dir"]
 
@@ -32,7 +37,7 @@ MAX_HOSTS = 64
 
 def missing_deps(runtime: str) -> list[str]:
     """Commands the lab needs that this machine lacks (install: scripts/install-lab-deps.sh)."""
-    need = ["ip", "iptables", "nsenter", "unshare", "ssh-keygen", "tar"]
+    need = ["ip", "iptables", "nsenter", "unshare", "mount", "umount", "ssh-keygen", "tar"]
     paths = ["/usr/sbin/sshd"]
     if not (image.cache_dir() / ".stage-fixups").exists():
         need.append("debootstrap")
@@ -119,6 +124,8 @@ class Lab:
                 for h in old.hosts:  # `up` states the faults wanted: others are cleared
                     if h.fault and h.name not in (faults or {}):
                         self.set_fault(h, None)
+                    if h.image_hidden:  # and so is a hidden image
+                        self.restore_image(h)
                 self._apply_faults(faults)
                 return self
             if old.status == "up" and not same and not replace:
@@ -136,10 +143,13 @@ class Lab:
         image.build_rootfs(progress)
         image.import_image(runtime, progress)
         model.ensure_model(progress)
-        with progress.phase(f"{hosts} hosts (netns, veth, sshd)"):
+        with progress.phase(f"{hosts} hosts (netns, veth, mount ns, sshd)"):
             self._make_hosts(state, hosts)
         if runtime == "podman":
-            R.ensure_podman_service(state, progress, H.containers_conf())
+            with progress.phase(f"{hosts} podman API services"):
+                for h in state.hosts:
+                    R.start_podman_service(state, h)
+                R.wait_podman_services(state.hosts, timeout=60 + 2 * hosts)
         self._apply_faults(faults)
         write_inventory(self.inventory_path, state.hosts, runtime)
         state.status = "up"
@@ -149,10 +159,11 @@ class Lab:
         return self
 
     def _make_hosts(self, state: LabState, n: int) -> None:
+        podman = state.runtime == "podman"
         H.ensure_client_key()
-        if state.runtime == "podman":
-            H.containers_conf().write_text(H.CONTAINERS_CONF)
         H.create_bridge(state)
+        H.ensure_mntns_dir(state)
+        H.ensure_mount_points(state, [*PRIVATE_DIRS, *(["/run/podman"] if podman else [])])
         for i in range(n):
             host = host_spec(i)
             state.hosts.append(host)
@@ -160,6 +171,11 @@ class Lab:
             Path(host.bin_dir).mkdir(parents=True, exist_ok=True)
             pause_pid = R.start_pause(state, host) if state.runtime == "docker" else None
             H.create_netns(state, host, pause_pid)
+            binds = H.host_binds(host)
+            if podman:
+                R.write_podman_confs(host)
+                binds += R.podman_binds(host)
+            H.create_mntns(state, host, binds)
             fakes.write_tools(host.bin_dir, None, host_index=i, all_indices=list(range(n)))
             if state.runtime == "docker":
                 R.write_docker_wrapper(host)
@@ -171,14 +187,17 @@ class Lab:
         ok = all(all(H.host_status(h).values()) for h in state.hosts)
         if state.runtime == "docker":
             ok = ok and all(R.pause_running(h) for h in state.hosts)
-        if state.runtime == "podman":
-            ok = ok and R.socket_answers(R.PODMAN_SOCKET)
+        if state.runtime == "podman":  # each host its own storage and API service
+            ok = ok and not state.podman_service_pid and all(
+                h.storage_conf.exists() and R.socket_answers(str(h.podman_socket))
+                for h in state.hosts)
         return ok and len(state.hosts) == state.n_hosts
 
     def down(self, *, quiet: bool = False) -> list[str]:
-        """Remove what lab.json records (containers in lab hosts, sshd, namespaces, veths,
-        bridge, FORWARD rule, dockerd if the lab started it). Idempotent. Keeps the caches
-        (rootfs/venv, images, model) and the client key. Returns problems (empty = clean)."""
+        """Remove what lab.json records (containers in lab hosts, podman API services, sshd,
+        mount and network namespaces, veths, bridge, FORWARD rule, dockerd if the lab started
+        it, the per-host dirs with their storage). Idempotent. Keeps the caches (rootfs/venv,
+        images, model) and the client key. Returns problems (empty = clean)."""
         require_root()
         progress = Progress(quiet=quiet)
         state = LabState.load() or self.state  # lab.json is the truth (another Lab object
@@ -190,18 +209,27 @@ class Lab:
         for h in state.hosts:  # while the hosts' network still works (docker: pause containers)
             problems += H.end_sessions(h)
         try:
+            for h in state.hosts if state.runtime == "podman" else []:
+                problems += R.remove_host_containers(h)
             problems += R.remove_containers(R.lab_containers(state))
         except (LabError, OSError, subprocess.SubprocessError) as e:
-            problems.append(f"listing lab containers: {e}")
+            problems.append(f"removing lab containers: {e}")
+        for h in state.hosts:  # SIGTERM them all at once; the stops below then only wait
+            R.term_host_podman_service(h)
+            if h.sshd_pid:
+                term_pid(h.sshd_pid, expect_in_cmdline=h.sshd_config.name)
         for h in state.hosts:
+            problems += R.stop_host_podman_service(h)
             problems += H.remove_host(h)
         problems += H.remove_bridge(state)
         problems += R.stop_dockerd(state)
         problems += R.stop_podman_service(state)
+        problems += H.remove_mntns_dir(state)
+        problems += [f"still mounted: {mp}" for mp in mounts_under(lab_dir() / "hosts")]
         if problems:
             state.save()
-            for p in problems:
-                progress.say(f"problem: {p}")
+            for problem in problems:
+                progress.say(f"problem: {problem}")
             return problems
         shutil.rmtree(lab_dir() / "hosts", ignore_errors=True)
         for p in (self.inventory_path, H.containers_conf(), LabState.path()):
@@ -219,7 +247,7 @@ class Lab:
             "up": st.status == "up", "status": st.status, "runtime": st.runtime,
             "bridge": Path(f"/sys/class/net/{BRIDGE}").exists(),
             "forward_rule": run(["iptables", "-C", *FORWARD_RULE], check=False).returncode == 0,
-            "dockerd_pid": st.dockerd_pid, "podman_service_pid": st.podman_service_pid,
+            "dockerd_pid": st.dockerd_pid,
             "inventory": str(self.inventory_path),
             "timings": st.timings, "hosts": [],
         }
@@ -229,6 +257,10 @@ class Lab:
                                    **H.host_status(h)}
             if st.runtime == "docker":
                 row["pause"] = R.pause_running(h)
+            if st.runtime == "podman":
+                row.update(podman_service_pid=h.podman_service_pid,
+                           podman_api=R.socket_answers(str(h.podman_socket)),
+                           image_hidden=h.image_hidden)
             out["hosts"].append(row)
         out["healthy"] = out["up"] and self._healthy(st)
         return out
@@ -237,18 +269,16 @@ class Lab:
     def session_env(self, host: str | LabHost) -> dict[str, str]:
         """The environment an ssh session on `host` gets (sshd SetEnv)."""
         h = host if isinstance(host, LabHost) else self.host(host)
-        env = {**os.environ, "PATH": f"{h.bin_dir}:{H.BASE_PATH}"}
-        if self.runtime == "podman":
-            env["CONTAINERS_CONF"] = str(H.containers_conf())
-        return env
+        return {**os.environ, **H.session_vars(h, self.runtime or "podman")}
 
     def run_on(self, host: str | LabHost, argv: Sequence[str], *, check: bool = False,
                timeout: float | None = 120, input: str | None = None,
                ) -> subprocess.CompletedProcess[str]:
-        """Run argv inside the host's network namespace (nsenter --net), with the PATH and
-        CONTAINERS_CONF of the host's ssh sessions; output captured as text."""
+        """Run argv inside the host's mount and network namespaces (nsenter --mount --net, in
+        this process's working directory), with the environment of the host's ssh sessions
+        (PATH, podman's CONTAINERS_CONF / CONTAINERS_STORAGE_CONF); output captured as text."""
         h = host if isinstance(host, LabHost) else self.host(host)
-        return subprocess.run(["nsenter", f"--net=/run/netns/{h.netns}", *argv],
+        return subprocess.run(H.ns_argv(h, list(argv), wd=os.getcwd()),
                               capture_output=True, text=True, input=input, timeout=timeout,
                               env=self.session_env(h), check=check)
 
@@ -269,6 +299,35 @@ class Lab:
         h.fault = dict(fault) if fault else None
         if self.state:
             self.state.save()
+
+    def private_dir(self, host: str | LabHost, machine_path: str = "/srv/orch-lab") -> Path:
+        """Where, on this machine, the host's private `machine_path` lives (one of
+        /srv/orch-lab, /var/cache/orch): to put files there without entering the host."""
+        h = host if isinstance(host, LabHost) else self.host(host)
+        return h.private_dir(machine_path)
+
+    def podman_socket(self, host: str | LabHost) -> Path:
+        """The host's /run/podman/podman.sock, as a path on this machine."""
+        h = host if isinstance(host, LabHost) else self.host(host)
+        return h.podman_socket
+
+    def hide_image(self, host: str | LabHost) -> None:
+        """podman: the host no longer sees the shared image store, as if the lab image had
+        been removed there (`podman image inspect` fails; `podman load` writes into the
+        host's own storage). Its containers of a shared image are removed (`rmi -f` does so).
+        Kept in lab.json; `restore_image` or the next `up` undoes it."""
+        h = host if isinstance(host, LabHost) else self.host(host)
+        if self.state is None:
+            raise LabError("no lab")
+        R.set_image_hidden(self.state, h, True)
+
+    def restore_image(self, host: str | LabHost) -> None:
+        """Undo hide_image: the shared store is visible again on the host, and any private
+        copy of a shared image there (e.g. staged with `podman load`) is removed."""
+        h = host if isinstance(host, LabHost) else self.host(host)
+        if self.state is None:
+            raise LabError("no lab")
+        R.set_image_hidden(self.state, h, False)
 
     def _apply_faults(self, faults: dict[str, dict[str, Any]] | None) -> None:
         for name, fault in (faults or {}).items():

@@ -81,13 +81,18 @@ def _print_status(st: dict[str, Any]) -> None:
                     f"bridge {'ok' if st.get('bridge') else 'MISSING'}, "
                     f"FORWARD rule {'ok' if st.get('forward_rule') else 'MISSING'}")
     docker = st.get("runtime") == "docker"
-    for c in ["host", "ip", "nic", "netns", "sshd pid", "ssh :22", *(["pause"] if docker else []),
+    podman = st.get("runtime") == "podman"
+    for c in ["host", "ip", "nic", "netns", "mnt ns", "sshd pid", "ssh :22",
+              *(["pause"] if docker else []), *(["podman api", "image"] if podman else []),
               "npu fault"]:
         t.add_column(c)
     for h in st["hosts"]:
         t.add_row(h["name"], h["ip"], _ok(h["nic"], h["nic_ok"]), _ok(h["netns"], h["netns_ok"]),
+                  _ok("ok", h.get("mntns_ok"), "missing"),
                   _ok(str(h["sshd_pid"]), h["sshd"]), _ok("ok", h["ssh_port"], "refused"),
                   *([_ok("running", h.get("pause"), "gone")] if docker else []),
+                  *([_ok(str(h.get("podman_service_pid")), h.get("podman_api"), "no answer"),
+                     "hidden" if h.get("image_hidden") else "shared"] if podman else []),
                   ",".join(f"{k}={v}" for k, v in (h.get("fault") or {}).items()) or "-")
     console.print(t)
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools
+from orchestrator.hw.fakes import fake_npu_ip
+from orchestrator.hw.fakes import render_fake_tools as render_fake_tools  # re-exported
 
 N_DEVICES = 8
 

@@ -1,4 +1,5 @@
-"""Lab hosts: a bridge, one network namespace + veth + sshd per host, the client key.
+"""Lab hosts: a bridge; per host a network namespace + veth, a mount namespace with its
+private dirs, an sshd running in both; the client key.
 
 Each creation is recorded in the LabState (and saved) right after it succeeds, so a failure
 half-way leaves a lab.json from which `down` removes exactly what exists.
@@ -11,8 +12,8 @@ import socket
 import time
 from pathlib import Path
 
-from ._util import LabError, child_pids, lab_dir, pid_alive, pid_cmdline, run, stop_pid
-from .state import BRIDGE, BRIDGE_IP, FORWARD_RULE, LabHost, LabState
+from ._util import LabError, child_pids, lab_dir, mounts_under, pid_alive, pid_cmdline, run, stop_pid
+from .state import BRIDGE, BRIDGE_IP, FORWARD_RULE, PRIVATE_DIRS, LabHost, LabState
 
 SSHD = "/usr/sbin/sshd"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -31,21 +32,35 @@ def known_hosts() -> Path:
 
 
 def containers_conf() -> Path:
+    """The one containers.conf of labs before per-host storage (removed by down)."""
     return lab_dir() / "containers.conf"
 
 
-# podman in the lab: runc (crun 1.8 rejects this machine's mixed cgroup v1/v2 layout),
-# explicit ulimits (raising them is forbidden here), cgroupfs and file events (no systemd).
-CONTAINERS_CONF = """\
-# Written by orch lab: handed to ssh sessions on lab hosts via sshd SetEnv CONTAINERS_CONF.
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+def mntns_dir() -> Path:
+    """Where each host's mount namespace is bound to a file (`unshare --mount=FILE`). The
+    dir is a private bind mount of itself: a mount-namespace file cannot live on a shared
+    mount (systemd machines make / shared)."""
+    return lab_dir() / "mntns"
 
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
+
+def session_vars(host: LabHost, runtime: str) -> dict[str, str]:
+    """What the host's sshd hands to sessions (SetEnv), and run_on to its commands."""
+    env = {"PATH": f"{host.bin_dir}:{BASE_PATH}"}
+    if runtime == "podman":
+        env["CONTAINERS_CONF"] = str(host.containers_conf)
+        env["CONTAINERS_STORAGE_CONF"] = str(host.storage_conf)
+    return env
+
+
+def ns_argv(host: LabHost, argv: list[str], *, wd: str | None = None) -> list[str]:
+    """argv inside the host's mount and network namespaces (nsenter; never `ip netns exec`,
+    which remounts /sys and hides /sys/fs/cgroup from podman/runc)."""
+    pre = ["nsenter"]
+    if host.mnt_ns:
+        pre.append(f"--mount={host.mnt_ns}")
+        if wd:  # nsenter --mount starts in / otherwise
+            pre.append(f"--wd={wd}")
+    return [*pre, f"--net=/run/netns/{host.netns}", *argv]
 
 
 def ensure_client_key() -> None:
@@ -89,6 +104,137 @@ def create_netns(state: LabState, host: LabHost, pause_pid: int | None = None) -
     run([*ns, "link", "set", host.nic, "up"])
 
 
+def ensure_mntns_dir(state: LabState) -> None:
+    d = mntns_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    state.mntns_dir = str(d)
+    state.save()
+    if str(d.resolve()) not in mounts_under(d):
+        run(["mount", "--bind", str(d), str(d)])
+    run(["mount", "--make-private", str(d)])
+
+
+def ensure_mount_points(state: LabState, paths: list[str]) -> None:
+    """The machine paths the hosts bind private dirs over must exist (mkdir; recorded, so
+    that down removes only what the lab made, and only when empty)."""
+    for p in paths:
+        missing = [q for q in [Path(p), *Path(p).parents] if not q.exists()]
+        for q in reversed(missing):
+            q.mkdir(mode=0o755)
+            state.made_dirs.append(str(q))
+            state.save()
+
+
+def create_mntns(state: LabState, host: LabHost, binds: list[tuple[str, str, bool]]) -> None:
+    """The host's own mount namespace, bound to mntns_dir()/<name>: a slave copy of the
+    machine's (mounts made there later, e.g. new /run/netns entries, still show up inside;
+    nothing mounted inside leaks out), with `binds` (source, machine path, read-only) mounted
+    in it. /dev/shm stays the machine's (what docker's containers get from dockerd; podman
+    hosts keep their locks in files of their own, see runtime_shims)."""
+    nsfile = mntns_dir() / host.name
+    nsfile.touch()
+    host.mnt_ns = str(nsfile)
+    state.save()
+    run(["unshare", f"--mount={nsfile}", "--propagation", "slave", "true"])
+    ns = ["nsenter", f"--mount={nsfile}"]
+    for src, dst, ro in binds:
+        Path(src).mkdir(parents=True, exist_ok=True)
+        run([*ns, "mount", "--bind", *(["-o", "ro"] if ro else []), src, dst])
+
+
+def host_binds(host: LabHost) -> list[tuple[str, str, bool]]:
+    return [(str(host.private_dir(p)), p, False) for p in PRIVATE_DIRS]
+
+
+def mntns_inode(host: LabHost) -> int | None:
+    """The inode of the host's mount namespace, None unless its file is bound."""
+    if not host.mnt_ns or not mounts_under(Path(host.mnt_ns)):
+        return None
+    try:
+        return os.stat(host.mnt_ns).st_ino
+    except OSError:
+        return None
+
+
+def procs_in_mntns(ino: int) -> list[int]:
+    """PIDs of the processes in the mount namespace with inode `ino`."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                if os.stat(f"/proc/{d}/ns/mnt").st_ino == ino:
+                    pids.append(int(d))
+            except OSError:
+                continue
+    return pids
+
+
+def mntns_ok(host: LabHost) -> bool:
+    """sshd runs in the host's bound mount namespace, and the private dirs are there."""
+    ino = mntns_inode(host)
+    if ino is None or not pid_alive(host.sshd_pid):
+        return False
+    try:
+        if os.stat(f"/proc/{host.sshd_pid}/ns/mnt").st_ino != ino:
+            return False
+        mps = {ln.split()[4] for ln in Path(f"/proc/{host.sshd_pid}/mountinfo").read_text().splitlines()}
+    except OSError:
+        return False
+    return all(p in mps for p in PRIVATE_DIRS)
+
+
+def remove_mntns(host: LabHost) -> list[str]:
+    """End what still runs in the host's mount namespace (by PID: processes started on the
+    lab host, e.g. left by an ssh session), unbind its file: the namespace and every mount in
+    it go. Returns problems."""
+    if not host.mnt_ns:
+        return []
+    problems = []
+    nsfile = Path(host.mnt_ns)
+    if (ino := mntns_inode(host)) is not None:
+        for pid in procs_in_mntns(ino):
+            cmd = pid_cmdline(pid)
+            if cmd and not stop_pid(pid, expect_in_cmdline=cmd, timeout=10):
+                problems.append(f"process {pid} ({cmd[:60]}) in {host.name}'s mount namespace "
+                                "did not exit")
+    for mp in mounts_under(nsfile):
+        cp = run(["umount", mp], check=False)
+        if cp.returncode != 0:
+            problems.append(f"umount {mp}: {cp.stderr.strip()}")
+    if not mounts_under(nsfile):
+        nsfile.unlink(missing_ok=True)
+        host.mnt_ns = None
+    return problems
+
+
+def remove_mntns_dir(state: LabState) -> list[str]:
+    """Unmount the namespace-file dir, remove the mount points the lab made (if empty)."""
+    problems = []
+    if state.mntns_dir:
+        d = Path(state.mntns_dir)
+        for mp in mounts_under(d):
+            cp = run(["umount", mp], check=False)
+            if cp.returncode != 0:
+                problems.append(f"umount {mp}: {cp.stderr.strip()}")
+        if not problems:
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                problems.append(f"rmdir {d}: {e}")
+            state.mntns_dir = None
+    for p in reversed(state.made_dirs):
+        try:
+            Path(p).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # not empty: someone put something there; leave it
+    state.made_dirs = []
+    return problems
+
+
 def write_sshd_config(host: LabHost, runtime: str) -> None:
     hdir = Path(host.dir)
     hdir.mkdir(parents=True, exist_ok=True)
@@ -96,11 +242,10 @@ def write_sshd_config(host: LabHost, runtime: str) -> None:
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"orch-lab-{host.name}",
              "-f", str(key)])
-    setenv = f"PATH={host.bin_dir}:{BASE_PATH}"
-    if runtime == "podman":
-        setenv += f" CONTAINERS_CONF={containers_conf()}"
+    setenv = " ".join(f"{k}={v}" for k, v in session_vars(host, runtime).items())
     host.sshd_config.write_text(f"""\
-# orch lab host {host.name} ({host.netns}); started with nsenter --net=/run/netns/{host.netns}
+# orch lab host {host.name}: started with nsenter --mount={host.mnt_ns}
+# --net=/run/netns/{host.netns} (its own mount namespace: private {', '.join(PRIVATE_DIRS)})
 Port 22
 ListenAddress {host.ip}
 HostKey {key}
@@ -126,8 +271,7 @@ def start_sshd(state: LabState, host: LabHost) -> None:
     pidfile.unlink(missing_ok=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
     run([SSHD, "-t", "-f", str(host.sshd_config)])
-    run(["nsenter", f"--net=/run/netns/{host.netns}", SSHD, "-f", str(host.sshd_config),
-         "-E", str(Path(host.dir) / "sshd.log")])
+    run(ns_argv(host, [SSHD, "-f", str(host.sshd_config), "-E", str(Path(host.dir) / "sshd.log")]))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if pidfile.exists() and pidfile.read_text().strip():
@@ -174,11 +318,13 @@ def end_sessions(host: LabHost) -> list[str]:
 
 
 def remove_host(host: LabHost) -> list[str]:
-    """Stop the host's sshd (by PID), delete its namespace and veth. Returns problems."""
+    """Stop the host's sshd (by PID), remove its mount namespace, delete its network
+    namespace and veth. Returns problems."""
     problems = end_sessions(host)
     if host.sshd_pid and not stop_pid(host.sshd_pid, expect_in_cmdline=host.sshd_config.name):
         problems.append(f"sshd {host.sshd_pid} of {host.name} did not exit")
     host.sshd_pid = None
+    problems += remove_mntns(host)
     if Path(f"/run/netns/{host.netns}").exists():
         cp = run(["ip", "netns", "delete", host.netns], check=False)
         if cp.returncode != 0:
@@ -205,6 +351,7 @@ def remove_bridge(state: LabState) -> list[str]:
 def host_status(host: LabHost) -> dict[str, bool]:
     return {
         "netns_ok": Path(f"/run/netns/{host.netns}").exists(),
+        "mntns_ok": mntns_ok(host),
         "nic_ok": host.nic in netns_links(host.netns),
         "sshd": pid_alive(host.sshd_pid),
         "ssh_port": wait_port(host.ip, 22, 0.5),

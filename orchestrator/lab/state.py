@@ -14,6 +14,9 @@ SUBNET_PREFIX = "10.77.0"
 BRIDGE = "orchlab0"
 BRIDGE_IP = f"{SUBNET_PREFIX}.1"
 FORWARD_RULE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+# Machine paths each lab host sees a private dir at (bind mounts in its mount namespace),
+# backed by <host dir>/<name>: host-local model weights, orch's per-node caches.
+PRIVATE_DIRS = {"/srv/orch-lab": "srv", "/var/cache/orch": "cache"}
 
 
 @dataclass
@@ -32,10 +35,39 @@ class LabHost:
     pause_container: str | None = None  # docker runtime only: owner of the namespace
     netns_created: bool = False         # `ip netns add` or `ip netns attach` done
     fault: dict[str, int] | None = None  # fake NPU fault now rendered (None = healthy)
+    mnt_ns: str | None = None           # bound mount-namespace file, once `unshare` made it
+    podman_service_pid: int | None = None  # podman: this host's API service (in its ns)
+    image_hidden: bool = False          # podman: the shared image store is hidden here
 
     @property
     def sshd_config(self) -> Path:
         return Path(self.dir) / "sshd_config"
+
+    def private_dir(self, machine_path: str) -> Path:
+        """The backing dir of one of PRIVATE_DIRS (what the host sees at machine_path)."""
+        try:
+            return Path(self.dir) / PRIVATE_DIRS[machine_path]
+        except KeyError:
+            raise ValueError(f"{machine_path} is not a host-private dir "
+                             f"({', '.join(PRIVATE_DIRS)})") from None
+
+    # podman: per-host storage and engine state (see runtime_shims)
+    @property
+    def storage_conf(self) -> Path:
+        return Path(self.dir) / "storage.conf"
+
+    @property
+    def containers_conf(self) -> Path:
+        return Path(self.dir) / "containers.conf"
+
+    @property
+    def run_dir(self) -> Path:  # runroot, engine tmp_dir, /run/podman of this host
+        return Path(self.dir) / "run"
+
+    @property
+    def podman_socket(self) -> Path:
+        """This host's /run/podman/podman.sock, as a path in the machine's namespace."""
+        return self.run_dir / "podman" / "podman.sock"
 
 
 @dataclass
@@ -50,7 +82,10 @@ class LabState:
     dockerd_pid: int | None = None    # only when the lab started dockerd
     dockerd_log: str | None = None
     forward_policy: str | None = None  # FORWARD policy before the lab's dockerd (restored)
-    podman_service_pid: int | None = None  # podman's API service, only when the lab started it
+    podman_service_pid: int | None = None  # legacy: one shared API service (labs before
+    # per-host storage); stopped by down. Each host's own is LabHost.podman_service_pid.
+    mntns_dir: str | None = None      # private bind mount holding the hosts' mnt-ns files
+    made_dirs: list[str] = field(default_factory=list)  # mount points the lab created
     timings: dict[str, float] = field(default_factory=dict)
 
     @staticmethod

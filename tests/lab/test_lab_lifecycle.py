@@ -1,6 +1,8 @@
-"""The lab itself: `orch lab up` makes real hosts (namespaces, NICs, sshd with strict host
-keys, a working container runtime), and `orch lab down` leaves nothing behind: no
-namespace, bridge, veth, FORWARD rule, lab container, sshd or dockerd the lab started.
+"""The lab itself: `orch lab up` makes real hosts (network and mount namespaces, NICs, sshd
+with strict host keys, a working container runtime; podman: storage and API service per
+host), a crashed piece is rebuilt by the next `up`, and `orch lab down` leaves nothing
+behind: no namespace, mount, bridge, veth, FORWARD rule, lab container, sshd, podman service
+or dockerd the lab started.
 
 Needs root (conftest.require_lab: fails without root unless ORCH_SKIP_LAB=1). Missing
 system packages skip with the list and the script that installs them. `up` and `down` run
@@ -44,6 +46,25 @@ def forward_rules() -> list[str]:
                           check=True).stdout.splitlines()
 
 
+def lab_mounts() -> list[str]:
+    """Lines of the machine's mount table that belong to a lab (ns files, private dirs)."""
+    from orchestrator.lab import lab_dir
+
+    return [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+            if str(lab_dir()) in ln or "orchlab-" in ln.split(" - ")[-1]]
+
+
+def procs_with_mntns(inodes: set[int]) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and os.stat(f"/proc/{d}/ns/mnt").st_ino in inodes:
+                pids.append(int(d))
+        except OSError:
+            continue
+    return pids
+
+
 def require_lab_deps(runtime: str) -> None:
     require_lab()
     from orchestrator.lab import missing_deps
@@ -76,6 +97,7 @@ def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
     previous = take_down_any_lab()
     policy_before = forward_rules()[0]
     assert not [n for n in netns_names() if n.startswith("orchlab-")]
+    assert not lab_mounts()
 
     r = lab_cli("up", "--hosts", "3", "--runtime", runtime, timeout=UP_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -120,6 +142,41 @@ def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
         probe = r.stdout.strip().splitlines()[-1]
         r = lab.run_on("h1", [runtime, "exec", probe, "ip", "-o", "-4", "addr"], timeout=60)
         assert "enp1s0    inet 10.77.0.12/24" in r.stdout, r.stdout + r.stderr
+        if runtime == "podman":  # in h1's own storage: not in h0's, not in the machine's
+            assert lab.run_on("h0", ["podman", "container", "exists", probe]).returncode == 1
+            machine_env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERS_")}
+            assert subprocess.run(["podman", "container", "exists", probe], env=machine_env,
+                                  ).returncode == 1
+            assert probe in (Path(lab.hosts[1].dir) / "storage" / "overlay-containers" /
+                             "containers.json").read_text()
+
+        # every host's sshd runs in the host's own mount namespace
+        inodes = {os.stat(f"/proc/{h.sshd_pid}/ns/mnt").st_ino for h in lab.hosts}
+        assert len(inodes) == 3 and os.stat("/proc/self/ns/mnt").st_ino not in inodes
+        assert all(row["mntns_ok"] for row in st["hosts"]), st
+
+        # a crashed piece (h2's sshd killed; on podman also h2's API service) makes the lab
+        # unhealthy, and the next `up` rebuilds it
+        import signal
+
+        h2 = lab.host("h2")
+        os.kill(h2.sshd_pid, signal.SIGKILL)
+        if runtime == "podman":
+            os.kill(h2.podman_service_pid, signal.SIGKILL)
+        end = time.monotonic() + 10
+        while Lab().status()["healthy"] and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not Lab().status()["healthy"]
+        r = lab_cli("up", "--hosts", "3", "--runtime", runtime, timeout=UP_TIMEOUT)
+        assert r.returncode == 0 and "removing the previous" in r.stderr, r.stderr[-2000:]
+        lab = Lab()
+        assert lab.status()["healthy"]
+        inodes = {os.stat(f"/proc/{h.sshd_pid}/ns/mnt").st_ino for h in lab.hosts}
+        r = subprocess.run(lab.ssh_argv("h1", f"{runtime} run -d --name lab-probe-h1 "
+                                              f"--net=host {IMAGE_TAG} sleep infinity"),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        probe = r.stdout.strip().splitlines()[-1]
 
         # a long-lived connection into every host (orch's keeper, left by `orch status`)
         kenv = {**os.environ, "ORCH_STATE_DIR": str(tmp_path / "state")}
@@ -138,10 +195,10 @@ def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
 
         state = LabState.load()
         assert state is not None
-        if runtime == "podman":  # podman's API service answers, as podman.socket would
-            from orchestrator.lab.runtime_shims import PODMAN_SOCKET, socket_answers
+        if runtime == "podman":  # each host's API service answers, as podman.socket would
+            from orchestrator.lab.runtime_shims import socket_answers
 
-            assert socket_answers(PODMAN_SOCKET)
+            assert all(socket_answers(str(lab.podman_socket(h))) for h in lab.hosts)
         pause_ids = []
         if runtime == "docker":
             for h in state.hosts:
@@ -152,9 +209,14 @@ def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
         r = lab_cli("down", timeout=DOWN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-2000:]
 
-    # nothing left: namespaces, bridge, veths, FORWARD rule (and policy), processes,
-    # containers, state file
+    # nothing left: namespaces, mounts, bridge, veths, FORWARD rule (and policy), processes,
+    # containers, per-host dirs, state file
     assert not [n for n in netns_names() if n.startswith("orchlab-")]
+    assert not lab_mounts()
+    assert not procs_with_mntns(inodes), "processes still run in a lab host's mount namespace"
+    from orchestrator.lab import lab_dir
+
+    assert not (lab_dir() / "hosts").exists() and not (lab_dir() / "mntns").exists()
     assert BRIDGE not in links()
     assert not [x for x in links() if x.startswith("olab-")]
     assert not [x for x in forward_rules() if BRIDGE in x]
@@ -170,11 +232,13 @@ def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
     assert keeper.running(base=tmp_path / "state") == [], "the keeper outlived the lab"
     if state.dockerd_pid:
         assert not pid_alive(state.dockerd_pid), "the lab's dockerd still runs"
-    if state.podman_service_pid:
-        assert not pid_alive(state.podman_service_pid), "the lab's podman API service still runs"
-    if runtime == "podman":
-        r = subprocess.run(["podman", "container", "exists", probe], capture_output=True)
-        assert r.returncode == 1, f"probe container {probe[:12]} survived lab down"
+    for h in state.hosts:
+        assert h.podman_service_pid or runtime == "docker"
+        assert not pid_alive(h.podman_service_pid), f"{h.name}'s podman API service still runs"
+    if runtime == "podman":  # its storage went with hosts/; nothing of it runs any more
+        left = [d for d in os.listdir("/proc") if d.isdigit() and probe.encode() in
+                _cmdline(int(d))]
+        assert not left, f"processes of probe container {probe[:12]} survived lab down: {left}"
     else:
         for cid in [probe, *pause_ids]:  # works whether or not a dockerd still runs
             assert not Path(f"/var/lib/docker/containers/{cid}").exists(), cid[:12]
@@ -187,6 +251,13 @@ def test_up_then_down_leaves_nothing(runtime: str, tmp_path: Path) -> None:
 
     if previous:  # put back the lab another test's fixture had up
         Lab().up(hosts=previous[0], runtime=previous[1], quiet=True)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_lab_needs_root() -> None:
