@@ -50,3 +50,17 @@ def test_references_name_real_playbooks() -> None:
 def test_pd_playbooks_load(path: Path) -> None:
     pb = PDPlaybook.model_validate(yaml.safe_load(path.read_text()))
     assert pb.name == path.stem
+
+
+def test_orch_playbooks_lists_every_playbook_file_pd_included() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "playbooks"], capture_output=True,
+                       text=True, cwd=ROOT, check=True)
+    files = sorted(p for p in (ROOT / "playbooks").rglob("*.yaml")
+                   if "profiles" not in p.parts and not p.name.startswith("_"))
+    assert any("/pd/" in str(p) for p in files)
+    for p in files:
+        assert str(p) in r.stdout, f"{p} not listed"
+    assert "cpu-lab-pd" in r.stdout and "(cpu, pd)" in r.stdout
