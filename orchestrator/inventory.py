@@ -68,6 +68,10 @@ class Node(Strict):
     data_parallel_local: int | None = Field(
         None, ge=1, description="DP ranks on this node (default: the playbook's)"
     )
+    cpus: str | None = Field(
+        None, pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$",
+        description="CPUs this node's vLLM container may use (`--cpuset-cpus`, e.g. 0-23,48-71 "
+        "for one NUMA node); default: all")
     env: EnvDict = Field(default_factory=dict, description="extra env for this node")
 
     @field_validator("ip")

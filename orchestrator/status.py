@@ -238,7 +238,7 @@ async def router_status(snap: Snapshot, fleet: Fleet, groups: list[GroupStatus],
     out = RouterStatus(node, r.api_url, False, "", expected=[g.api_url for g in groups if g.healthy])
     async with RouterApi(r.api_url, timeout=5) as api:
         try:
-            out.workers = await api.workers()
+            out.workers = sorted(await api.workers())
             out.answers, out.reason = True, "ok"
         except ProbeError as exc:
             out.reason = exc.reason

@@ -29,15 +29,22 @@ def render_inventory(hosts: Sequence[HostLike], runtime: str, *, nodes: int = 2,
                      served_name: str = "tiny", head: str | None = None,
                      node_env: dict[str, dict[str, str]] | None = None) -> str:
     """YAML text for the core's Inventory model. `nodes` first hosts are used; each node
-    gets its own OMP core (`VLLM_CPU_OMP_THREADS_BIND`), round-robin over this machine's
-    cores; `node_env` adds or overrides env per node name."""
+    gets its own core, round-robin over this machine's cores: its container may only use
+    that core (`cpus`, a cpuset) and vLLM binds its OMP threads to it
+    (`VLLM_CPU_OMP_THREADS_BIND`); `node_env` adds or overrides env per node name.
+
+    The cpuset is what makes lab hosts separate machines for the scheduler too: every process
+    that loads torch moves itself once onto each CPU it may use (cpuinfo's probe), and on this
+    2-core VM's kernel such a move onto a core where another host's vLLM worker computes
+    hangs in sched_setaffinity, unkillable, for minutes (a new replica starting beside a
+    serving one never got past its imports)."""
     if runtime not in ("podman", "docker"):
         raise LabError(f"runtime must be podman or docker, not {runtime!r}")
     if not 1 <= nodes <= len(hosts):
         raise LabError(f"{nodes} nodes asked, the lab has {len(hosts)} hosts")
     chosen = list(hosts)[:nodes]
     head = head or chosen[0].name
-    cores = os.cpu_count() or 1
+    cores = sorted(os.sched_getaffinity(0))  # the CPUs this machine lets us use
     lines = [
         "# Written by `orch lab up`: the lab's hosts as an orch inventory.",
         f"deployment: {_q(deployment)}",
@@ -55,13 +62,15 @@ def render_inventory(hosts: Sequence[HostLike], runtime: str, *, nodes: int = 2,
         "nodes:",
     ]
     for i, h in enumerate(chosen):
-        env = {"VLLM_CPU_OMP_THREADS_BIND": str(i % cores), **(node_env or {}).get(h.name, {})}
+        core = str(cores[i % len(cores)])
+        env = {"VLLM_CPU_OMP_THREADS_BIND": core, **(node_env or {}).get(h.name, {})}
         env_txt = ", ".join(f"{k}: {_q(v)}" for k, v in env.items())
         lines += [
             f"  - name: {_q(h.name)}",
             f"    host: {_q(h.ip)}",
             f"    nic: {_q(h.nic)}",
             f"    ip: {_q(h.ip)}",
+            f"    cpus: {_q(core)}",
             f"    env: {{{env_txt}}}",
         ]
     return "\n".join(lines) + "\n"

@@ -28,6 +28,8 @@ def run_options(*, inv: Inventory, prof: Profile, container: ContainerOptions, n
         opts.append(f"--shm-size={c.shm_size}")
     if c.ipc_host:
         opts.append("--ipc=host")
+    if node.cpus:
+        opts.append(f"--cpuset-cpus={node.cpus}")
     if not c.net_host and publish is not None:  # bridge network: publish the API port
         opts += ["-p", f"{publish}:{publish}"]
     ndev = node.devices if node.devices is not None else prof.devices

@@ -282,6 +282,7 @@ def test_write_inventory_is_valid_for_the_core(tmp_path: Path) -> None:
     assert [(n.name, n.host, n.nic, n.ip) for n in inv.nodes] == [
         ("h0", "10.77.0.11", "enp0s0", "10.77.0.11"), ("h1", "10.77.0.12", "enp1s0", "10.77.0.12")]
     assert len({n.env["VLLM_CPU_OMP_THREADS_BIND"] for n in inv.nodes}) == min(2, os.cpu_count() or 1)
+    assert [n.cpus for n in inv.nodes] == [n.env["VLLM_CPU_OMP_THREADS_BIND"] for n in inv.nodes]
     assert inv.ssh.known_hosts and inv.ssh.key and inv.model.served_name == "tiny"
 
     one = load_inventory(write_inventory(tmp_path / "one.yaml", hosts, "docker", nodes=1,

@@ -58,6 +58,8 @@ def edited(**changes) -> dict:
         ({"runtime_socket": "docker.sock"}, "runtime_socket"),
         ({"runtime_socket": "/run/a b.sock"}, "runtime_socket"),
         ({"ssh__persist": -1}, "ssh.persist"),
+        ({"nodes__0__cpus": "0-3;reboot"}, "nodes[0] (node0).cpus"),
+        ({"nodes__0__cpus": "all"}, "nodes[0] (node0).cpus"),
     ],
 )
 def test_invalid_inventory_names_file_and_field(tmp_path, changes, needle):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.cluster import Deployment
 from tests.seeds import blocks, command, exports, flag_pairs, seed_text
@@ -99,3 +100,15 @@ def test_container_names_are_deterministic_and_carry_the_spec(plan):
         assert a.container.startswith("orch-qwen3-vl-") and a.spec_hash[:8] in a.container
         assert a.labels["orch.spec"] == a.spec_hash
     assert plan.nodes[0].spec_hash != plan.nodes[1].spec_hash
+
+
+def test_a_nodes_cpus_pin_its_container_only(plan, tmp_path):
+    doc = yaml.safe_load((ROOT / "inventory.example.yaml").read_text())
+    doc["nodes"][1]["cpus"] = "0-23,48-71"
+    p = tmp_path / "inv.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    pinned = Deployment.load(p).plan().groups[0]
+    n0, n1 = pinned.nodes
+    assert "--cpuset-cpus=0-23,48-71" in n1.argv and not any("cpuset" in a for a in n0.argv)
+    assert n0.spec_hash == plan.nodes[0].spec_hash  # the other node is not redeployed
+    assert n1.spec_hash != plan.nodes[1].spec_hash  # the pinned one is
