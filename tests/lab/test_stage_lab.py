@@ -32,8 +32,13 @@ def plab(lab):  # type: ignore[no-untyped-def]
 def inventory(lab, tmp_path: Path, name: str, nodes: int, **kw) -> Path:  # type: ignore[no-untyped-def]
     from orchestrator.lab import write_inventory
 
-    return write_inventory(tmp_path / f"{name}.yaml", lab.hosts, lab.runtime, nodes=nodes,
-                           deployment=name, model_path=MODEL, **kw)
+    p = write_inventory(tmp_path / f"{name}.yaml", lab.hosts, lab.runtime, nodes=nodes,
+                        deployment=name, model_path=MODEL, **kw)
+    if nodes != 2:  # the DP playbook's size is 2: one rank per node (planned, not launched)
+        doc = yaml.safe_load(p.read_text())
+        doc["overrides"] = {"data_parallel": nodes}
+        p.write_text(yaml.safe_dump(doc))
+    return p
 
 
 def put_model_on(lab, host: str, extra_mb: int = 8) -> None:  # type: ignore[no-untyped-def]
@@ -58,6 +63,7 @@ def stage(orch, inv: Path, *args: str) -> dict:  # type: ignore[no-untyped-def]
 
 def check(orch, inv: Path) -> dict:  # type: ignore[no-untyped-def]
     r = orch("check", str(inv), "--json", "--skip-checks", "stale", timeout=300)
+    assert r.returncode in (0, 1) and r.stdout, r.stderr[-3000:]
     return json.loads(r.stdout)
 
 
