@@ -28,10 +28,9 @@ MODEL = "/srv/orch-lab/bench-model"
 
 
 def inventory(lab, n: int) -> Path:  # type: ignore[no-untyped-def]
-    p = C.inventory(lab, n, f"bench-stage-{n}", playbook="cpu-lab-single", dp=1)
+    p = C.inventory(lab, n, f"bench-stage-{n}")  # DP over the n nodes: planned, never launched
     doc = yaml.safe_load(p.read_text())
     doc["model"]["path"] = MODEL
-    doc.pop("overrides", None)
     p.write_text(yaml.safe_dump(doc))
     return p
 
