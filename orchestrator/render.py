@@ -193,19 +193,42 @@ def update_live(live: Live, st: Status) -> None:
 _STYLE = {"pass": "[green]pass[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
 
 
+_NAMES_SHOWN = 8  # nodes named per status in the summary table; the rest are counted
+
+
+def _names(ns: list[str]) -> str:
+    more = len(ns) - _NAMES_SHOWN
+    return ", ".join(ns[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
 def print_report(report: Report) -> None:
-    """A table (one row per check, one column per node), then one line per failure and per
-    warning with its reason and fix, then the verdict."""
+    """A table (one row per check, one column per node; when the nodes do not fit the width,
+    one row per check that counts the nodes per status and names those that did not pass),
+    then one line per failure and per warning with its reason and fix, then the verdict."""
     nodes = list(dict.fromkeys(r.node for r in report.results))
     checks = [c for c in CHECKS if any(r.check == c for r in report.results)]
     checks += sorted({r.check for r in report.results} - set(checks))
     cell = {(r.node, r.check): r.status for r in report.results}
     t = Table(title="preflight", title_justify="left")
     t.add_column("check")
-    for n in nodes:
-        t.add_column(n, justify="center")
-    for c in checks:
-        t.add_row(c, *(_STYLE[cell[(n, c)]] if (n, c) in cell else "[dim]·[/]" for n in nodes))
+    width = max(len(c) for c in checks) + 4 + sum(max(len(n), 4) + 3 for n in nodes) if checks else 0
+    if width <= console.width:
+        for n in nodes:
+            t.add_column(n, justify="center")
+        for c in checks:
+            t.add_row(c, *(_STYLE[cell[(n, c)]] if (n, c) in cell else "[dim]·[/]" for n in nodes))
+    else:
+        t.add_column(f"{len(nodes)} nodes")
+        for c in checks:
+            by: dict[str, list[str]] = {}
+            for n in nodes:
+                if (n, c) in cell:
+                    by.setdefault(cell[(n, c)], []).append(n)
+            parts = [f"{_STYLE[st]} {len(by[st])}" + (f" ({_names(by[st])})" if st != "pass" else "")
+                     for st in ("fail", "warn", "pass") if st in by]
+            if len(nodes) - sum(len(v) for v in by.values()):
+                parts.append(f"[dim]· {len(nodes) - sum(len(v) for v in by.values())}[/]")
+            t.add_row(c, "  ".join(parts))
     console.print(t)
     for status, label in (("fail", "[bold red]FAIL[/]"), ("warn", "[yellow]warn[/]")):
         for r in report.by_status(status):  # type: ignore[arg-type]
