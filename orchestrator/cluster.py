@@ -24,7 +24,7 @@ from .log import log
 from .plan import Digests, Fleet, NodeNet, fleet_plan
 from .playbook import Playbook, Profile
 from .remote import Host, Shell, Target, close_all, connect, connect_all
-from .runtime import Container
+from .runtime import Container, Look
 from .secrets import Secrets
 from .snapshot import NodeLook, Snapshot
 from .stage.manifest import Manifest, manifest_argv, parse_manifest
@@ -214,6 +214,25 @@ class Session:
             return [], "cli"
         r = await h.run(runtime.inspect(self.runtime, ids), timeout=30)
         return json.loads(r.stdout or "[]"), "cli"
+
+    async def runtime_look(self, h: Host, image: str) -> Look | None:
+        """The runtime's version, the image's ID and every orch container on the node through
+        the runtime's API socket; None when the node does not let orch reach it (the caller
+        asks the CLI instead)."""
+        api = self._runtime_api(h)
+        if api is None:
+            return None
+        try:
+            return await api.look(image)
+        except RuntimeApiUnavailable as exc:
+            log.info("runtime API not reachable, using the CLI", node=h.name, reason=exc.message)
+            self._keep(self._apis, h, (h, None))
+            return None
+
+    def runtime_api_possible(self, h: Host) -> bool:
+        """False when the inventory turned the runtime's API off or it was found unreachable
+        on this connection: the CLI answers then."""
+        return self._runtime_api(h) is not None
 
     def _runtime_api(self, h: Host) -> runtime_api.RuntimeApi | None:
         kept = self._apis.get(h.name)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .errors import RuntimeApiError
 from .plan import LABEL_DEPLOYMENT, LABEL_NODE, LABEL_SPEC
 
 
@@ -31,6 +32,16 @@ class Container:
     @property
     def spec_hash(self) -> str | None:
         return self.labels.get(LABEL_SPEC)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the preflight asks the runtime's API (runtime_api.RuntimeApi.look): each answer,
+    or the error that came instead."""
+
+    version: str | RuntimeApiError
+    image_id: str | None | RuntimeApiError  # None: the node does not have the image
+    containers: list[dict[str, Any]] | RuntimeApiError  # inspect objects
 
 
 def ps_ids(runtime: str, deployment: str | None, node: str | None) -> list[str]:

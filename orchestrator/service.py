@@ -141,8 +141,9 @@ async def down(dep: Deployment, *, accept_new: bool = False
 
 async def check(dep: Deployment, skip: frozenset[str], *, accept_new: bool = False) -> Report:
     async with connected(dep, require_all=False, accept_new=accept_new) as s:
-        fleet = await s.plan(tolerant=True)
-        return await run_checks(s, fleet, skip)
+        # planned without the nodes' facts: the preflight's gather reads them (one exec per
+        # node fewer) and plans again with them
+        return await run_checks(s, dep.plan(), skip, replan=True)
 
 
 async def snapshot(dep: Deployment, *, fresh: bool = False, accept_new: bool = False) -> Snapshot:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..hw import ProbeOutput, split_probe_output
 from ..netinfo import NetFacts, parse_facts
-from ..runtime import Container, parse_inspect
+from ..runtime import Container, Look, parse_inspect, parse_objects
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class NodeFacts:
     procs: list[Proc] = field(default_factory=list)
     shm_files: list[ShmFile] = field(default_factory=list)
     gpu: ProbeOutput | None = None
+    manifest: str | None = None  # the manifest script's output, when it was asked for
     complete: bool = False  # the last section arrived (the script was not cut off)
 
 
@@ -87,12 +88,11 @@ def parse_gather(text: str, net_facts: str | None = None) -> NodeFacts:
         f.uid = int(_text(sid))
     for line in _text(secs.get("tools")).splitlines():
         name, _, path = line.partition(" ")
-        if path:
-            f.tools[name] = path
+        if path.strip():
+            f.tools[name] = path.strip()
     rp = secs.get("runtime path")
     f.runtime_path = _text(rp) if rp and rp.rc == 0 and _text(rp) else None
-    f.runtime_info = secs.get("runtime info")
-    f.image = secs.get("image")
+    _runtime_sections(f, secs)
     net = secs.get("net")
     if net is not None:
         try:
@@ -108,6 +108,20 @@ def parse_gather(text: str, net_facts: str | None = None) -> NodeFacts:
     shm = secs.get("shm")
     shm_rows = parse_df(shm.text) if shm and shm.rc == 0 else []
     f.shm = shm_rows[0] if shm_rows else None
+    mf = secs.get("manifest")
+    f.manifest = mf.text if mf is not None else None
+    f.procs = parse_procs(_text(secs.get("procs")))
+    f.shm_files = parse_shm_files(_text(secs.get("shmfiles")))
+    f.gpu = secs.get("gpu")
+    last = secs.get("shmfiles")
+    f.complete = last is not None and last.rc is not None
+    return f
+
+
+def _runtime_sections(f: NodeFacts, secs: dict[str, ProbeOutput]) -> None:
+    """The runtime's version, the image's ID and the orch containers, as the CLI printed them."""
+    f.runtime_info = secs.get("runtime info")
+    f.image = secs.get("image")
     ctr = secs.get("containers")
     if ctr is not None:
         if ctr.rc == 0:
@@ -117,12 +131,30 @@ def parse_gather(text: str, net_facts: str | None = None) -> NodeFacts:
                 f.containers_error = f"cannot parse inspect output: {exc}"
         else:
             f.containers_error = _text(ctr)[-300:]
-    f.procs = parse_procs(_text(secs.get("procs")))
-    f.shm_files = parse_shm_files(_text(secs.get("shmfiles")))
-    f.gpu = secs.get("gpu")
-    last = secs.get("shmfiles")
-    f.complete = last is not None and last.rc is not None
-    return f
+
+
+def fill_runtime(f: NodeFacts, text: str) -> None:
+    """The `runtime` script's output (the CLI's sections, run apart from the gather)."""
+    _runtime_sections(f, {" ".join(k): v for k, v in split_probe_output(text).items()})
+
+
+def fill_from_api(f: NodeFacts, look: Look) -> None:
+    """The runtime's answers through its API, in the shape the CLI's sections have."""
+    if isinstance(look.version, Exception):
+        f.runtime_info = ProbeOutput(f"its API socket: {look.version}", 1)
+    else:
+        f.runtime_info = ProbeOutput(look.version or "(the API names no version)", 0)
+    if isinstance(look.image_id, Exception):
+        f.image = ProbeOutput(str(look.image_id), 1)
+    else:
+        f.image = ProbeOutput(look.image_id or "no such image", 0 if look.image_id else 1)
+    if isinstance(look.containers, Exception):
+        f.containers, f.containers_error = None, str(look.containers)[-300:]
+    else:
+        try:
+            f.containers = parse_objects(look.containers)
+        except (ValueError, AttributeError, TypeError) as exc:
+            f.containers, f.containers_error = None, f"cannot parse the API's inspect objects: {exc}"
 
 
 def parse_model(sec: ProbeOutput | None) -> tuple[str, int | None]:
@@ -297,10 +329,12 @@ def parse_cross(text: str) -> CrossFacts:
 
 
 def image_id(sec: ProbeOutput | None) -> str | None:
+    """The image's ID without its `sha256:` prefix (docker's CLI and the API print it, podman's
+    CLI does not): IDs read either way compare equal."""
     t = _text(sec)
     if sec is None or sec.rc != 0 or not t:
         return None
-    return t.splitlines()[0].strip()
+    return t.splitlines()[0].strip().removeprefix("sha256:")
 
 
 def shm_size_bytes(value: str | None) -> int | None:

@@ -5,13 +5,17 @@ Two rounds, every node at once in each:
        facts the session read while planning are reused, not gathered again
     2. cross, bounded per node (peers.py): pings to the group's head and ring neighbours,
        short test listeners on the ports the plan's links dial and the connects along those
-       links, hccn_tool pings between NPUs of the same peers
+       links, hccn_tool pings between NPUs of the same peers.  The nodes that listen start
+       first; a node that only connects starts once its peers' listeners are bound (each
+       listener says so at once on its script's output), so no connect waits on a listener
+       that is still starting and the round costs one try per link
 All decisions are made by the pure functions of `verdicts.py` / `accel.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,13 +23,16 @@ from typing import Any
 from .. import netinfo
 from ..cluster import MANIFEST_TIMEOUT, Session
 from ..errors import CommandError, ConnectError, StageError, TopologyError
+from ..hw import ProbeOutput
 from ..hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from ..log import log
 from ..plan import Fleet, Link, NodeNet
-from ..stage.manifest import Manifest, manifest_argv, parse_manifest
+from ..remote import Result
+from ..runtime import Look
+from ..stage.manifest import CACHE_DIR, MANIFEST_SCRIPT, Manifest, parse_manifest
 from . import scripts
 from .accel import ascend_checks, gpu_checks, hccn_ping_plan
-from .parse import CrossFacts, NodeFacts, image_id, parse_cross, parse_gather
+from .parse import CrossFacts, NodeFacts, fill_from_api, fill_runtime, image_id, parse_cross, parse_gather
 from .peers import incoming, probe_peers
 from .report import CHECKS, SKIPPED_REASON, CheckResult, Report, order, skipped
 from .verdicts import (
@@ -44,8 +51,10 @@ ASCEND_CHECKS = tuple(c for c in CHECKS if c.startswith(("npu.", "hccn."))) + ("
 GPU_CHECKS = ("gpu.count", "gpu.busy", "gpu.driver", "driver.same")
 GATHER_TIMEOUT = 90
 PROBE_TIMEOUT = 180
-CROSS_TIMEOUT = 30  # pings and connects are bounded by scripts.*_DEADLINE; this is the margin
+CROSS_TIMEOUT = 40  # pings and connects are bounded by scripts.*_DEADLINE; this is the margin
 HCCN_PING_TIMEOUT = 35  # per peer, each NPU's pings run one after the other
+READY_WAIT = 10  # seconds a connecting node waits for its peers' listeners before it starts anyway
+READY_MARK = b"==== ready "
 
 
 def applicable(kind: str, multi: bool, has_ports: bool, model_is_path: bool) -> list[str]:
@@ -79,7 +88,45 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset()) -> Report:
+async def _runtime_look(s: Session, h: Any, gargs: list[str]) -> Look | str:
+    """The runtime's answers through its API; where the socket turns out to be unreachable,
+    the `runtime` script's output (the CLI's sections) instead."""
+    look = await s.runtime_look(h, gargs[1])
+    if look is not None:
+        return look
+    r = await h.run(["sh", "-c", scripts.runtime_script(), "sh", *gargs], check=False,
+                    timeout=GATHER_TIMEOUT)
+    return str(r.stdout)
+
+
+async def _run_listening(h: Any, argv: list[str], want: int, ready: asyncio.Event,
+                         timeout: float) -> Result:
+    """The cross script of a node that opens `want` listeners; `ready` is set once all are
+    bound (or failed to bind), or the script ended."""
+    try:
+        p = await h.start(argv)
+        buf = b""
+        try:
+            async with asyncio.timeout(timeout):
+                while chunk := await p.read():
+                    buf += chunk
+                    if not ready.is_set() and buf.count(READY_MARK) >= want:
+                        ready.set()
+                rc = await p.wait()
+        except TimeoutError as exc:
+            raise CommandError(h.name, argv[:3], None, f"timed out after {timeout:.0f}s") from exc
+        finally:
+            p.close()
+    finally:
+        ready.set()
+    return Result(rc, buf.decode(errors="replace"), "")
+
+
+async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(), *,
+                     replan: bool = False) -> Report:
+    """Every check on every node of `fleet`.  `replan`: `fleet` was planned without the
+    nodes' facts (`orch check`): the gather reads them and the plan is made again with them
+    (and with the model's manifest digest when the inventory folds it into the spec hash)."""
     t0 = time.monotonic()
     dep = s.dep
     kind = dep.profile.kind
@@ -96,42 +143,40 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             out.append(res(n, "ssh.reachable", "fail", f"no SSH session to {n}",
                            "open the session with every node of the plan"))
     want_probe = kind == "ascend" and not all(skipped(c, skip) for c in ASCEND_CHECKS)
-    gargs = scripts.gather_args(dep.inv.runtime, dep.inv.image, dep.inv.model.path)
     seen = dict(s.facts_seen)  # network facts the session read already: not gathered again
-
-    want_manifest = (multi and dep.inv.model.path.startswith("/")
-                     and not skipped("model.identical", skip))
+    model = dep.inv.model.path
+    digest_wanted = replan and dep.inv.model.digest_in_spec
+    want_manifest = model.startswith("/") and (
+        (multi and not skipped("model.identical", skip)) or digest_wanted)
+    mscript = (MANIFEST_SCRIPT, CACHE_DIR) if want_manifest else ()
+    ports = {n: sorted({p.number for sp in fleet.on(n) for p in sp.listens}) for n in names}
 
     async def round1(h: Any) -> tuple[Any, Any, Any]:
-        gather = scripts.gather_script(kind, with_net=h.name not in seen)
-        jobs = [h.run(["sh", "-c", gather, "sh", *gargs], check=False, timeout=GATHER_TIMEOUT)]
+        # the runtime's API (a channel to its socket, no process on the node) beside the
+        # gather; the CLI's sections only where the socket cannot be reached
+        api = s.runtime_api_possible(h)
+        gather = scripts.gather_script(kind, with_net=h.name not in seen, runtime_cli=not api)
+        gargs = scripts.gather_args(dep.inv.runtime, dep.inv.image, model, ports[h.name], mscript)
+        jobs = [h.run(["sh", "-c", gather, "sh", *gargs], check=False,
+                      timeout=MANIFEST_TIMEOUT if want_manifest else GATHER_TIMEOUT)]
+        if api:
+            jobs.append(_runtime_look(s, h, gargs))
         if want_probe:
             node = inv_nodes[h.name]
             ndev = node.devices if node.devices is not None else dep.profile.devices
             jobs.append(h.sh(ascend_probe_script(ndev), check=False, timeout=PROBE_TIMEOUT))
-        if want_manifest:  # every file's size and hash (cached on the node): model.identical
-            jobs.append(h.run(manifest_argv(dep.inv.model.path), check=False,
-                              timeout=MANIFEST_TIMEOUT))
         got = await asyncio.gather(*jobs, return_exceptions=True)
-        return (got[0], got[1] if want_probe else None,
-                got[-1] if want_manifest else None)
+        for x in got:  # a dropped connection: each() reconnects and runs the round again
+            if isinstance(x, ConnectError) and x.transient:
+                raise x
+        return got[0], got[1] if api else None, got[-1] if want_probe else None
 
     facts: dict[str, NodeFacts] = {}
     probes: dict[str, AscendProbe | None] = {}
     probe_errors: dict[str, str] = {}
     manifests: dict[str, Manifest | None | str] = {}  # str: why there is none
     for n, r in (await s.each(round1, names)).items():
-        g, p, mf = (r, None, None) if isinstance(r, BaseException) else r
-        if want_manifest and not isinstance(r, BaseException):
-            try:
-                if mf is None:
-                    manifests[n] = "no result"
-                elif isinstance(mf, BaseException):
-                    manifests[n] = _why(mf)
-                else:
-                    manifests[n] = parse_manifest(n, mf.stdout)
-            except StageError as exc:
-                manifests[n] = str(exc)
+        g, look, p = (r, None, None) if isinstance(r, BaseException) else r
         h = s.hosts[n]
         if isinstance(g, BaseException):
             why = (f"connected to {n}, but the checks did not finish ({_why(g)})"
@@ -152,7 +197,21 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             continue
         out.append(res(n, "ssh.reachable", "pass", f"ssh to {h.target.host}"
                        if hasattr(h, "target") else "connected"))
-        facts[n] = parse_gather(g.stdout, seen.get(n))
+        facts[n] = f = parse_gather(g.stdout, seen.get(n))
+        if isinstance(look, BaseException):
+            why = _why(look)
+            f.runtime_info = ProbeOutput(f"cannot ask the runtime: {why}", 1)
+            f.containers, f.containers_error = None, why
+        elif isinstance(look, str):  # the runtime script's output (the CLI's sections)
+            fill_runtime(f, look)
+        elif look is not None:
+            fill_from_api(f, look)
+        if want_manifest:
+            try:
+                manifests[n] = parse_manifest(n, f.manifest) if f.manifest is not None else (
+                    "no result")
+            except StageError as exc:
+                manifests[n] = str(exc)
         if want_probe:
             if isinstance(p, BaseException) or p is None:
                 probe_errors[n] = _why(p) if p is not None else "no result"
@@ -168,26 +227,29 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             except TopologyError:
                 pass
     eff = fleet
-    if fleet.unresolved:
+    if replan or fleet.unresolved:
+        digest = None
+        if digest_wanted:  # the first node (inventory order) that has the model: the reference
+            digest = next((m.digest for n in inv_nodes
+                           if isinstance(m := manifests.get(n), Manifest)), None)
         try:
-            eff = dep.plan(nets)
+            eff = dep.plan(nets, digest)
         except TopologyError:
             eff = fleet
     by_node = {n: eff.on(n) for n in names}
     c = dep.playbook.container
     ctxs: dict[str, NodeCtx] = {}
     for n, f in facts.items():
-        ports = tuple(dict.fromkeys((p.label, p.number) for sp in by_node[n] for p in sp.listens))
+        listens = tuple(dict.fromkeys((p.label, p.number) for sp in by_node[n] for p in sp.listens))
         ctxs[n] = NodeCtx(specs=tuple(by_node[n]), inv_node=inv_nodes[n], runtime=dep.inv.runtime,
                           deployment=eff.deployment, image=dep.inv.image,
-                          model=dep.inv.model.path, ports=ports, shm_size=c.shm_size,
+                          model=dep.inv.model.path, ports=listens, shm_size=c.shm_size,
                           ipc_host=c.ipc_host)
         rs, _ = node_checks(ctxs[n], f, _user(s.hosts[n]))
         out += rs
 
     # cross-node values
     image = dep.inv.image
-    model = dep.inv.model.path
     ids = {n: i for n, f in facts.items() if runtime_ok(f) and (i := image_id(f.image))}
     if multi:
         out += same_checks("image.same", ids, "image ID",
@@ -200,7 +262,7 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             f"copy the model again to the nodes that differ (`orch stage`, or `rsync -a "
             f"--delete {model}/ NODE:{model}/`); a partial copy fails at load time",
             show=lambda v: f"{v} bytes")
-        if want_manifest:
+        if want_manifest and not skipped("model.identical", skip):
             out += identical_checks({n: m for n, m in manifests.items() if n in facts}, model)
 
     # round 2: probes bounded per node (peers.py), connects along the plan's links
@@ -221,25 +283,40 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
     tested = [lk for lk in links if lk.src in facts and lk.dst in facts and lk.dst in ips]
     listeners = incoming(tested)
     ops: dict[str, list[str]] = {}
+    listening: dict[str, int] = {}  # node -> how many test listeners it opens
+    dials: dict[str, set[str]] = {}  # node -> the nodes it connects to
     for n in facts:
         listen = ([(p, len(srcs)) for p, (_, srcs) in listeners.get(n, {}).items()
                    if p not in busy.get(n, set())] if do_ports else [])
-        connect = ([(ips[lk.dst], lk.port) for lk in tested if lk.src == n
-                    and (lk.port not in busy.get(lk.dst, set()) or lk.port in own.get(lk.dst, set()))]
-                   if do_ports else [])
+        dial = ([lk for lk in tested if lk.src == n and (
+                    lk.port not in busy.get(lk.dst, set()) or lk.port in own.get(lk.dst, set()))]
+                if do_ports else [])
+        connect = [(ips[lk.dst], lk.port) for lk in dial]
         ping = [ips[p] for p in peers.get(n, []) if p in ips] if do_ping else []
         a = scripts.cross_args(ping, list(dict.fromkeys(connect)), listen, hccn_plan.get(n))
         if a:
             ops[n] = a
+            if listen:
+                listening[n] = len(listen)
+            dials[n] = {lk.dst for lk in dial if lk.dst != n}
     cross: dict[str, CrossFacts] = {}
     hccn_text: dict[str, str] = {}
     if ops:
         cscript = scripts.cross_script()
 
+        ready = {n: asyncio.Event() for n in listening}
+
         async def round2(h: Any) -> Any:
             per_dev = max((len(v) for v in hccn_plan.get(h.name, {}).values()), default=0)
-            return await h.run(["sh", "-c", cscript, "sh", *ops[h.name]], check=False,
-                               timeout=CROSS_TIMEOUT + HCCN_PING_TIMEOUT * per_dev)
+            argv = ["sh", "-c", cscript, "sh", *ops[h.name]]
+            timeout = CROSS_TIMEOUT + HCCN_PING_TIMEOUT * per_dev
+            if h.name in ready:
+                return await _run_listening(h, argv, listening[h.name], ready[h.name], timeout)
+            waits = [ready[d].wait() for d in dials.get(h.name, ()) if d in ready]
+            if waits:  # a listener that never says so only delays this node by READY_WAIT
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*waits), READY_WAIT)
+            return await h.run(argv, check=False, timeout=timeout)
 
         for n, r in (await s.each(round2, list(ops))).items():
             if isinstance(r, BaseException):

@@ -4,9 +4,12 @@ scripts run for real (locally, with fake tools on PATH)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,9 @@ import pytest
 from orchestrator.preflight import scripts
 from orchestrator.preflight.parse import (
     Listener,
+    NodeFacts,
+    fill_runtime,
+    image_id,
     is_vllm,
     parse_cross,
     parse_df,
@@ -24,6 +30,7 @@ from orchestrator.preflight.parse import (
     parse_shm_files,
     shm_size_bytes,
 )
+from orchestrator.stage.manifest import MANIFEST_SCRIPT, parse_manifest
 
 # `ss -ltnp` on a lab host while a vLLM head runs (iproute2 6.1, header included)
 SS_LAB = """\
@@ -139,7 +146,9 @@ def test_cross_args_validate_ips_and_keep_values_apart():
 
 
 @pytest.mark.parametrize("script", [scripts.gather_script("cpu"), scripts.gather_script("nvidia"),
-                                    scripts.cross_script(), scripts.clean_script()])
+                                    scripts.gather_script("cpu", False, False),
+                                    scripts.runtime_script(), scripts.cross_script(),
+                                    scripts.clean_script()])
 def test_scripts_are_posix_sh(script):
     shell = shutil.which("dash") or "sh"
     subprocess.run([shell, "-n"], input=script, text=True, check=True)
@@ -190,8 +199,127 @@ def test_gather_script_runs_and_parses(tmp_path):
     assert f.model == "ok" and f.model_bytes is not None and f.model_bytes >= 5000
     assert f.net is not None and any(i.name == "lo" for i in f.net.ifaces)
     assert f.disks and f.disks[0].mount == "/"
+    assert f.shm is not None and f.shm.mount not in [d.mount for d in f.disks[1:]]
     assert [c.name for c in f.containers or []] == ["orch-x-h0-1"]
-    assert f.listeners is not None
+    assert f.listeners is None  # no planned ports: nobody asked who listens
+    assert f.manifest is None
+    assert f.uid == os.getuid()
+
+
+@needs_tools
+def test_gather_script_one_df_for_disks_and_shm_and_both_apart_when_it_fails(tmp_path):
+    b = _fake_bin(tmp_path)
+    calls = tmp_path / "df.calls"
+    real = shutil.which("df")
+    (b / "df").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                          f'case " $* " in *" /dev/shm "*) [ -e {tmp_path}/noshm ] && exit 1 ;; esac\n'
+                          f'exec {real} "$@"\n')
+    (b / "df").chmod(0o755)
+    model = tmp_path / "model"
+    model.mkdir()
+    env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+
+    def gather():
+        calls.write_text("")
+        out = subprocess.run(["sh", "-c", scripts.gather_script("cpu"), "sh", "podman", "img:ok",
+                              str(model)], capture_output=True, text=True, env=env, timeout=60).stdout
+        return parse_gather(out), calls.read_text().splitlines()
+
+    f, ran = gather()
+    assert ran == [f"-Pk / {model} /dev/shm"]
+    assert f.disks and f.disks[0].mount == "/" and f.shm is not None
+    (tmp_path / "noshm").write_text("")  # df fails on /dev/shm: the disks are still read
+    f, ran = gather()
+    assert ran == [f"-Pk / {model} /dev/shm", f"-Pk / {model}", "-Pk /dev/shm"]
+    assert f.disks and f.disks[0].mount == "/" and f.shm is None and f.complete
+
+
+@needs_tools
+@pytest.mark.skipif(not shutil.which("ss") or not shutil.which("python3"), reason="needs ss, python3")
+def test_gather_script_asks_who_listens_only_when_a_planned_port_is_taken(tmp_path):
+    b = _fake_bin(tmp_path)
+    env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    held, free = socket.socket(), _free_port()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+    try:
+        def listeners(ports: list[int]) -> list[Listener]:
+            out = subprocess.run(["sh", "-c", scripts.gather_script("cpu"), "sh",
+                                  *scripts.gather_args("podman", "img:ok", "/nonexistent", ports)],
+                                 capture_output=True, text=True, env=env, timeout=60).stdout
+            got = parse_gather(out).listeners
+            assert got is not None
+            return got
+
+        mine = [x for x in listeners([free]) if x.port == port]
+        assert mine and mine[0].process == ""  # `ss -ltn`: no process asked for
+        if os.geteuid() == 0:  # `ss -p` names other users' processes for root only
+            mine = [x for x in listeners([free, port]) if x.port == port]
+            assert mine and mine[0].process.endswith(f" pid {os.getpid()}")
+    finally:
+        held.close()
+
+
+@needs_tools
+def test_gather_script_without_the_cli_sections_runs_no_runtime_command(tmp_path):
+    b = tmp_path / "bin"
+    b.mkdir()
+    called = tmp_path / "called"
+    (b / "podman").write_text(f"#!/bin/sh\ntouch {called}\nexit 2\n")
+    (b / "podman").chmod(0o755)
+    env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    out = subprocess.run(["sh", "-c", scripts.gather_script("cpu", runtime_cli=False), "sh",
+                          *scripts.gather_args("podman", "img:ok", "/nonexistent")],
+                         capture_output=True, text=True, env=env, timeout=60).stdout
+    f = parse_gather(out)
+    assert f.complete and f.runtime_path == str(b / "podman")
+    assert f.runtime_info is None and f.image is None and f.containers is None
+    assert not called.exists()
+    # the `runtime` script asks the CLI the same three questions the gather would have
+    (tmp_path / "x").mkdir()
+    b2 = _fake_bin(tmp_path / "x")
+    out = subprocess.run(["sh", "-c", scripts.runtime_script(), "sh",
+                          *scripts.gather_args("podman", "img:ok", "/m")], capture_output=True,
+                         text=True, env={"PATH": f"{b2}:/usr/bin:/bin"}, timeout=60).stdout
+    g = NodeFacts()
+    fill_runtime(g, out)
+    assert g.runtime_info and g.runtime_info.text.strip() == "4.3.1"
+    assert image_id(g.image) == "1111"
+    assert [c.name for c in g.containers or []] == ["orch-x-h0-1"]
+
+
+@needs_tools
+@pytest.mark.skipif(not shutil.which("b2sum") or not shutil.which("python3"),
+                    reason="needs b2sum, python3")
+def test_gather_script_manifest_section_and_vllm_processes(tmp_path):
+    b = _fake_bin(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.safetensors").write_bytes(b"x" * 5000)
+    (model / "config.json").write_text("{}")
+    fake = tmp_path / "vllm"  # a process that looks like `vllm serve` to parse_procs
+    fake.write_text("#!/usr/bin/env python3\nimport time\ntime.sleep(60)\n")
+    fake.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, str(fake), "serve", "/models/x"])
+    try:
+        time.sleep(0.3)
+        out = subprocess.run(["sh", "-c", scripts.gather_script("cpu"), "sh",
+                              *scripts.gather_args("podman", "img:ok", str(model),
+                                                   manifest=(MANIFEST_SCRIPT, str(tmp_path / "c")))],
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}).stdout
+    finally:
+        proc.kill()
+        proc.wait()
+    f = parse_gather(out)
+    assert f.manifest is not None
+    m = parse_manifest("h0", f.manifest)
+    assert m is not None and sorted(m.files) == ["config.json", "w.safetensors"]
+    assert m.files["w.safetensors"][0] == 5000
+    mine = [p for p in f.procs if p.pid == proc.pid]
+    assert mine and mine[0].args == f"{sys.executable} {fake} serve /models/x"
+    assert not any("orch-preflight" in p.args for p in f.procs)
 
 
 @needs_tools
@@ -242,6 +370,24 @@ def test_cross_script_listens_connects_and_tears_down():
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
+@pytest.mark.skipif(not shutil.which("python3"), reason="needs python3")
+def test_cross_script_listener_says_ready_first_and_a_connect_waits_for_it():
+    port = _free_port()
+    conn = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
+                             *scripts.cross_args(connect=[("127.0.0.1", port)])],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # refused meanwhile: retried
+    listen = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
+                               *scripts.cross_args(listen=[(port, 1)])],
+                              stdout=subprocess.PIPE, text=True)
+    assert listen.stdout is not None
+    assert listen.stdout.readline() == f"==== ready {port} ====\n"  # before the rest
+    cout, _ = conn.communicate(timeout=30)
+    lout, _ = listen.communicate(timeout=30)
+    assert parse_cross(cout).connects[("127.0.0.1", port)] == "connected"
+    assert "accepted 127.0.0.1" in parse_cross(lout).listens[port]
+
+
 @pytest.mark.skipif(not shutil.which("perl"), reason="needs perl")
 def test_cross_script_perl_listener_when_no_python(tmp_path):
     """Hosts without python3 still get a listener (perl-base is on every Debian/Ubuntu)."""
@@ -258,6 +404,7 @@ def test_cross_script_perl_listener_when_no_python(tmp_path):
                         *scripts.cross_args(connect=[("127.0.0.1", port)])],
                        capture_output=True, text=True, timeout=30)
     out, _ = p.communicate(timeout=30)
+    assert out.startswith(f"==== ready {port} ====\n")
     assert parse_cross(out).listens[port][0] == "bound perl"
     assert parse_cross(c.stdout).connects[("127.0.0.1", port)] == "connected"
 

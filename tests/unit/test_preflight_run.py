@@ -17,13 +17,14 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.cluster import Deployment, Session
-from orchestrator.errors import CommandError, ConnectError
+from orchestrator.errors import ChannelRefused, CommandError, ConnectError
 from orchestrator.hw import recorded_output
 from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools
-from orchestrator.preflight import clean_stale, run_checks
+from orchestrator.preflight import clean_stale, run_checks, runner
 from orchestrator.preflight import scripts as S
 from orchestrator.remote import Result
 from orchestrator.render import print_report
+from orchestrator.runtime import Look
 
 NODES = ["h0", "h1", "h2"]
 IMAGE_ID = "sha256:" + "ab" * 32
@@ -54,9 +55,15 @@ class World:
     faults: dict[str, dict[str, int]] = field(default_factory=dict)  # ascend fake faults
     bins: dict[str, Path] = field(default_factory=dict)
     calls: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    scripts: list[tuple[str, str]] = field(default_factory=list)  # (kind, script) as run
     delay: float = 0.0
     cross_hangs: set[str] = field(default_factory=set)  # nodes whose cross step times out
+    listener_silent: set[str] = field(default_factory=set)  # their listeners never say "bound"
+    events: list[tuple[str, str]] = field(default_factory=list)  # (node, what), in order
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> file -> content
+    # how the runtime is asked: "api" (its socket answers), "refused" (sshd refuses the
+    # channel: the `runtime` script asks the CLI), "off" (no API: the gather asks the CLI)
+    api: str = "api"
 
     def manifest(self, n: str) -> str:
         """The manifest script's output for the node's model directory."""
@@ -77,7 +84,24 @@ class World:
                  "addr_info": [{"family": "inet", "local": ip_of(i)}]}]
         return f"ssh=10.0.0.1 5000 {ip_of(i)} 22\n==== addr\n{json.dumps(addr)}\n==== route\n[]"
 
-    def gather(self, n: str, script: str = "") -> str:
+    def runtime_sections(self, n: str) -> dict[str, tuple[str, int]]:
+        """What the runtime's CLI prints (the `runtime` script's sections)."""
+        d = {
+            "runtime info": ("27.3.1", 0),
+            "image": (self.image[n], 0) if self.image[n] else (
+                f"Error: No such image: {MODEL}", 1),
+            "containers": ("[]", 0),
+        }
+        d.update({k: v for k, v in self.extra.get(n, {}).items() if k in d})
+        return d
+
+    def look(self, n: str) -> Look:
+        """What the runtime's API answers: the same facts as its CLI."""
+        d = self.runtime_sections(n)
+        return Look(d["runtime info"][0], d["image"][0] if d["image"][1] == 0 else None,
+                    json.loads(d["containers"][0]))
+
+    def gather(self, n: str, script: str = "", args: list[str] | None = None) -> str:
         i = NODES.index(n)
         net = self.net(n)
         size = self.model_bytes[n]
@@ -85,9 +109,7 @@ class World:
             "id": ("0", 0),
             "tools": ("python3 /usr/bin/python3\nbash /bin/bash", 0),
             "runtime path": ("/usr/bin/docker", 0) if self.runtime[n] else ("", 127),
-            "runtime info": ("27.3.1", 0),
-            "image": (self.image[n], 0) if self.image[n] else (
-                f"Error: No such image: {MODEL}", 1),
+            **(self.runtime_sections(n) if "run 'runtime info'" in script else {}),
             "net": (net, 0),
             "listeners": ("State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"
                           f"LISTEN 0 128 {ip_of(i)}:22 0.0.0.0:* users:((\"sshd\",pid=9,fd=3))\n"
@@ -97,13 +119,15 @@ class World:
                       "/dev/sda1 900000000 1000 800000000 1% /", 0),
             "shm": ("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
                     "tmpfs 65000000 0 65000000 0% /dev/shm", 0),
-            "containers": ("[]", 0),
             "procs": ("", 0),
             "shmfiles": ("", 0),
         }
+        if args and args[4]:  # the model's manifest was asked for
+            d["manifest"] = (self.manifest(n), 0)
         if self.gpu is not None:
             d["gpu"] = (self.gpu, 0)
-        d.update(self.extra.get(n, {}))
+        d.update({k: v for k, v in self.extra.get(n, {}).items()
+                  if k in d or k not in self.runtime_sections(n)})
         if script and "run net netfacts" not in script:
             del d["net"]
         return sections(d)
@@ -149,18 +173,24 @@ class FakeHost:
         self.sudo = sudo
         self.target = SimpleNamespace(host=f"{name}.example", user="ops" if sudo else "root")
 
-    async def run(self, argv, *, timeout=120, check=True, merge=False, input=None):  # noqa: A002
+    async def run(self, argv, *, timeout=120, check=True, merge=False, input=None,  # noqa: A002
+                  delay=None):
         script, args = argv[2], list(argv[4:])
         kind = ("gather" if S.GATHER_MARK in script else "cross" if S.CROSS_MARK in script
-                else "clean" if S.CLEAN_MARK in script else "manifest" if "orch-manifest" in script
-                else "probe")
+                else "clean" if S.CLEAN_MARK in script else "runtime" if S.RUNTIME_MARK in script
+                else "manifest" if "orch-manifest" in script else "probe")
         self.world.calls.append((self.name, kind, args))
-        if self.world.delay:
-            await asyncio.sleep(self.world.delay)
+        self.world.scripts.append((kind, script))
+        self.world.events.append((self.name, f"{kind} starts"))
+        delay = self.world.delay if delay is None else delay
+        if delay:
+            await asyncio.sleep(delay)
         if self.sudo:
             return Result(1, "", "sudo: a password is required\n")
         if kind == "gather":
-            return Result(0, self.world.gather(self.name, script), "")
+            return Result(0, self.world.gather(self.name, script, args), "")
+        if kind == "runtime":
+            return Result(0, sections(self.world.runtime_sections(self.name)), "")
         if kind == "cross" and self.name in self.world.cross_hangs:
             raise CommandError(self.name, list(argv[:3]), None, f"timed out after {timeout:.0f}s")
         if kind == "cross":
@@ -175,6 +205,60 @@ class FakeHost:
 
     async def sh(self, script, **kw):
         return await self.run(["sh", "-c", script], **kw)
+
+    async def start(self, argv):  # the cross script of a node that listens: read as it runs
+        r = await self.run(argv, check=False, delay=0)
+        ports = [a for i, a in enumerate(argv[4:]) if i and argv[4:][i - 1] == "L"]
+        ready = "" if self.name in self.world.listener_silent else "".join(
+            f"==== ready {p} ====\n==== rc 0 ====\n" for p in ports)
+        return FakeProcess(self, ready, r, self.world.delay)
+
+    async def open_unix(self, path, timeout):  # sshd refusing the channel to the socket
+        self.world.calls.append((self.name, "api", [path]))
+        raise ChannelRefused(self.name, f"open failed: {path}: connection refused")
+
+    closed = False
+
+
+class FakeProcess:
+    """A listening node's cross script: its listeners say they are bound a moment after it
+    starts, the rest of its output comes when it ends (after the World's delay)."""
+
+    def __init__(self, host: FakeHost, ready: str, r: Result, delay: float) -> None:
+        self.host, self.r, self.delay = host, r, delay
+        self.parts = [ready.encode(), r.stdout.encode()]
+
+    async def read(self, n=1 << 16):
+        if not self.parts:
+            return b""
+        part = self.parts.pop(0)
+        await asyncio.sleep(0.05 if len(self.parts) else self.delay)
+        if part.startswith(b"==== ready"):
+            self.host.world.events.append((self.host.name, "listeners bound"))
+        if not self.parts:
+            self.host.world.events.append((self.host.name, "cross ends"))
+        return part or await self.read(n)
+
+    async def wait(self, timeout=None):
+        return self.r.rc
+
+    def close(self):
+        pass
+
+
+class FakeSession(Session):
+    """The Session, but the runtime's API answers from the World (mode "api") or is off."""
+
+    world: World
+
+    def runtime_api_possible(self, h):
+        return self.world.api != "off" and super().runtime_api_possible(h)
+
+    async def runtime_look(self, h, image):
+        if self.world.api == "api":
+            self.world.calls.append((h.name, "look", [image]))
+            return self.world.look(h.name)
+        return await super().runtime_look(h, image)
 
 
 def deployment(tmp: Path, profile: str = "cpu", nics: dict[str, str] | None = None,
@@ -194,7 +278,9 @@ def deployment(tmp: Path, profile: str = "cpu", nics: dict[str, str] | None = No
 def session(dep: Deployment, world: World, unreachable: dict[str, BaseException] | None = None,
             sudo: set[str] = frozenset()) -> Session:  # type: ignore[assignment]
     hosts = {n: FakeHost(n, world, n in sudo) for n in NODES if n not in (unreachable or {})}
-    return Session(dep, hosts, dict(unreachable or {}))  # type: ignore[arg-type]
+    s = FakeSession(dep, hosts, dict(unreachable or {}))  # type: ignore[arg-type]
+    s.world = world
+    return s
 
 
 def check(dep: Deployment, world: World, skip: frozenset[str] = frozenset(), **kw):
@@ -245,9 +331,74 @@ def test_nodes_run_concurrently_in_two_round_trips(tmp_path):
     took = time.monotonic() - t0
     assert not rep.failed
     per_node = {n: [k for h, k, _ in world.calls if h == n] for n in NODES}
-    # round 1: the gather and the model's manifest at once (two channels), round 2: cross
-    assert all(v == ["gather", "manifest", "cross"] for v in per_node.values()), per_node
+    # round 1: the gather (the model's manifest one of its sections) and the runtime's API at
+    # once, round 2: cross
+    assert all(v == ["gather", "look", "cross"] for v in per_node.values()), per_node
+    assert all(a[4] for _, k, a in world.calls if k == "gather")
     assert took < 1.5, f"{took:.2f}s: nodes were checked one after the other"
+
+
+def test_connecting_nodes_start_once_the_heads_listeners_are_bound(tmp_path):
+    world = World(delay=0.3)
+    rep = check(deployment(tmp_path), world)
+    assert not rep.failed
+    ev = [e for e in world.events if e[1] in ("cross starts", "listeners bound")]
+    # h0 (the head) listens; h1 and h2 only connect to it: they start after its listeners are
+    # bound, not at once with it (when a listener can start seconds late under load)
+    assert ev[:2] == [("h0", "cross starts"), ("h0", "listeners bound")], ev
+    assert sorted(ev[2:]) == [("h1", "cross starts"), ("h2", "cross starts")], ev
+
+
+def test_a_listener_that_never_says_bound_delays_its_peers_only_by_ready_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "READY_WAIT", 0.2)
+    world = World(delay=0.6, listener_silent={"h0"})
+    rep = check(deployment(tmp_path), world)
+    assert not rep.failed  # the fake's connects succeed anyway
+    ev = [e for e in world.events if e[1] in ("cross starts", "cross ends", "listeners bound")]
+    # h1 and h2 gave up waiting after READY_WAIT and started while h0's script still ran
+    assert ev[0] == ("h0", "cross starts") and ev[-1] == ("h0", "cross ends"), ev
+    assert sorted(ev[1:3]) == [("h1", "cross starts"), ("h2", "cross starts")], ev
+
+
+@pytest.mark.parametrize("api", ["refused", "off"])
+def test_without_the_runtime_api_the_cli_gives_the_same_verdicts(tmp_path, api):
+    dep = deployment(tmp_path)
+    old = [{"Id": "1" * 64, "Name": "/orch-t-h1-old", "State": {"Status": "exited"},
+            "Config": {"Labels": {"orch.deployment": "t", "orch.node": "h1", "orch.spec": "0ld"}}}]
+    verdicts = {}
+    for mode in ("api", api):
+        w = World(api=mode, extra={"h1": {"containers": (json.dumps(old), 0)}})
+        w.image["h2"] = None
+        rep = check(dep, w)
+        verdicts[mode] = {(r.node, r.check, r.status) for r in rep.results}
+        kinds = {n: [k for h, k, _ in w.calls if h == n] for n in NODES}
+        cli_in_gather = ["run 'runtime info'" in x for k, x in w.scripts if k == "gather"]
+        if mode == "api":
+            assert kinds["h0"] == ["gather", "look", "cross"] and not any(cli_in_gather)
+        elif mode == "refused":  # sshd refused the socket: the CLI's sections in an exec of their own
+            assert all(v[:2] == ["gather", "api"] and "runtime" in v for v in kinds.values()), kinds
+            assert not any(cli_in_gather)
+        else:  # the API is off: the CLI's sections are part of the gather
+            assert all(v == ["gather", "cross"] for v in kinds.values()) and all(cli_in_gather)
+    assert verdicts["api"] == verdicts[api]
+    assert ("h2", "image.present", "fail") in verdicts[api]
+    assert ("h1", "stale.containers", "warn") in verdicts[api]
+
+
+def test_image_ids_from_the_api_and_from_podmans_cli_compare_equal(tmp_path):
+    w = World(api="off")
+    w.image = {"h0": IMAGE_ID, "h1": IMAGE_ID.removeprefix("sha256:"), "h2": IMAGE_ID}
+    assert not_passing(check(deployment(tmp_path), w)) == set()
+
+
+def test_who_holds_a_port_is_asked_only_on_nodes_with_planned_ports(tmp_path):
+    w = World()
+    check(deployment(tmp_path), w)
+    ports = {h: a[3] for h, k, a in w.calls if k == "gather"}
+    assert ports == {"h0": "8000 13389", "h1": "", "h2": ""}
+    # the script: `ss -p` (every process's fds) only when a planned port is taken
+    script = S.gather_script("cpu")
+    assert "ss -ltn)" in script and 'case $out in *":$p "*) ss -ltnp' in script
 
 
 def test_missing_nic_fails_only_that_node(tmp_path):
@@ -327,7 +478,8 @@ def test_model_identical_names_the_file_that_differs(tmp_path):
     assert rep.get("h0", "model.identical").status == "pass"  # type: ignore[union-attr]
     before = len(w.calls)
     rep = check(deployment(tmp_path), w, skip=frozenset({"model.identical"}))
-    assert not any(k == "manifest" for _, k, _ in w.calls[before:])  # skipped: nothing hashed
+    gathers = [a for _, k, a in w.calls[before:] if k == "gather"]
+    assert len(gathers) == 3 and not any(a[4] for a in gathers)  # skipped: nothing hashed
 
 
 def test_hub_model_id_is_not_a_path(tmp_path):
@@ -506,3 +658,23 @@ def test_print_report(tmp_path):
     text = cap.get()
     assert "net.nic" in text and "h1" in text and "bogus0" in text and "fix:" in text
     assert "skipped: stale.shm" in text and "1 failed" in text
+
+
+def test_print_report_counts_per_check_when_the_nodes_do_not_fit(tmp_path):
+    from orchestrator.render import console
+
+    rep = check(deployment(tmp_path, nics={"h1": "bogus0"}), World())
+    with console.capture() as cap:
+        old, console.width = console.width, 38
+        try:
+            print_report(rep)
+        finally:
+            console.width = old
+    text = cap.get()
+    assert "3 nodes" in text
+    rows = text.splitlines()
+    i = next(i for i, ln in enumerate(rows) if "net.nic" in ln and "│" in ln)
+    assert "FAIL 1 (h1)" in rows[i] and "pass 2" in rows[i] + rows[i + 1], text
+    assert "pass 3" in text  # ssh.reachable passed on every node
+    assert any("ports.free" in ln and "pass 1" in ln and "· 2" in ln for ln in rows)  # head only
+    assert "h1 net.nic" in text  # the failure's own line still names node and check

@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator.errors import ChannelRefused, RuntimeApiError
 from orchestrator.runtime import parse_objects
-from orchestrator.runtime_api import ApiUnavailable, RuntimeApi, socket_path
+from orchestrator.runtime_api import ApiUnavailable, RuntimeApi, ping_version, socket_path
 
 
 class Engine:
@@ -33,6 +33,10 @@ class Engine:
         self.close_after_each = False  # says so (Connection: close)
         self.drop_after_each = False  # says keep-alive, then hangs up (a restarted runtime)
         self.vanish: set[str] = set()  # listed, then gone at inspect
+        self.ping_headers = {"Server": "Libpod/4.3.1 (linux)", "Libpod-Api-Version": "4.3.1",
+                             "Api-Version": "1.41"}
+        self.ping_status = 200
+        self.images: dict[str, str] = {}  # reference -> ID
 
 
 def inspect_obj(cid: str, labels: dict[str, str], status: str = "running") -> dict[str, Any]:
@@ -72,6 +76,19 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             engine.requests.append(self.path)
             url = urllib.parse.urlsplit(self.path)
+            if url.path == "/_ping":
+                self.send_response(engine.ping_status)
+                for k, v in engine.ping_headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return None
+            if url.path.startswith("/images/") and url.path.endswith("/json"):
+                ref = urllib.parse.unquote(url.path[len("/images/"):-len("/json")])
+                if ref in engine.images:
+                    return self.reply(200, {"Id": engine.images[ref], "RepoTags": [ref]})
+                return self.reply(404, {"message": f"failed to find image {ref}: image not known"})
             if url.path == "/containers/json":
                 if engine.list_status != 200:
                     return self.reply(engine.list_status, {"message": "page not found"})
@@ -215,3 +232,50 @@ def test_socket_path_defaults_and_off() -> None:
     assert socket_path("podman", None) == "/run/podman/podman.sock"
     assert socket_path("docker", "/run/user/0/docker.sock") == "/run/user/0/docker.sock"
     assert socket_path("podman", "off") is None
+
+
+def look_once(host: LocalHost, path: str, image: str):  # type: ignore[no-untyped-def]
+    async def go():  # type: ignore[no-untyped-def]
+        api = RuntimeApi(host, path)  # type: ignore[arg-type]
+        try:
+            return await api.look(image)
+        finally:
+            await api.aclose()
+    return asyncio.run(go())
+
+
+def test_look_answers_version_image_and_containers_on_one_connection(engine) -> None:
+    e, path = engine
+    e.images = {"quay.io/ascend/vllm-ascend:v0.11.0rc0": "sha256:" + "ab" * 32}
+    e.containers = {"a1": inspect_obj("a1", labels("core", "n0")),
+                    "b2": inspect_obj("b2", labels("other", "n1"))}
+    host = LocalHost()
+    look = look_once(host, path, "quay.io/ascend/vllm-ascend:v0.11.0rc0")
+    assert look.version == "4.3.1"  # podman: `Server: Libpod/4.3.1`
+    assert look.image_id == "sha256:" + "ab" * 32
+    assert sorted(c["Id"] for c in look.containers) == ["a1", "b2"]  # any orch deployment
+    assert host.opened == 1 and e.connections == 1
+    assert e.requests[:2] == ["/_ping", "/images/quay.io/ascend/vllm-ascend:v0.11.0rc0/json"]
+    # docker names its version in `Server` too; an image the node lacks is None, not an error
+    e.ping_headers = {"Server": "Docker/27.3.1 (linux)", "Api-Version": "1.47"}
+    look = look_once(LocalHost(), path, "img:gone")
+    assert (look.version, look.image_id) == ("27.3.1", None)
+
+
+def test_look_keeps_each_error_in_its_answer_and_a_foreign_socket_means_the_cli(engine) -> None:
+    e, path = engine
+    e.list_status = 500
+    look = look_once(LocalHost(), path, "img:gone")
+    assert look.version == "4.3.1" and look.image_id is None
+    assert isinstance(look.containers, RuntimeApiError) and "HTTP 500" in str(look.containers)
+    e.ping_status = 404
+    with pytest.raises(ApiUnavailable, match="not a docker-compatible API"):
+        look_once(LocalHost(), path, "img:gone")
+    with pytest.raises(ApiUnavailable, match="open failed"):
+        look_once(LocalHost(refuse=True), path, "img:gone")
+
+
+def test_version_from_ping_headers() -> None:
+    assert ping_version({"server": "Libpod/5.2.0 (linux)"}) == "5.2.0"
+    assert ping_version({"libpod-api-version": "4.3.1"}) == "4.3.1"
+    assert ping_version({"api-version": "1.41"}) == ""  # an API version is not the engine's

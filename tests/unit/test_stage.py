@@ -44,6 +44,11 @@ def test_manifest_hashes_once_and_sees_a_changed_byte(tmp_path: Path) -> None:
         "config.json", "model.safetensors", "sub dir/tokenizer.json"]
     again = manifest(d, c)
     assert again is not None and again.hashed == 0 and again.digest == first.digest  # cached
+    # the cache knows every file: printed from it, without the temporary files of the long way
+    r = subprocess.run(manifest_argv(str(d), [], str(c)), capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "TMPDIR": str(tmp_path / "nonexistent")})
+    fast = parse_manifest("n", r.stdout)
+    assert fast is not None and fast.files == first.files and fast.hashed == 0
     with open(d / "model.safetensors", "r+b") as f:
         f.seek(1000)
         f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
