@@ -409,6 +409,19 @@ def test_cross_script_perl_listener_when_no_python(tmp_path):
     assert parse_cross(c.stdout).connects[("127.0.0.1", port)] == "connected"
 
 
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")), reason="needs bash")
+def test_cross_script_reaches_a_peer_over_tcp_where_ping_is_missing(tmp_path):
+    b = tmp_path / "bin"
+    b.mkdir()
+    for t in ("sh", "bash", "timeout", "cat", "rm", "mktemp", "sleep"):
+        (b / t).symlink_to(shutil.which(t))  # type: ignore[arg-type]
+    out = subprocess.run([str(b / "sh"), "-c", scripts.cross_script(), "sh",
+                          *scripts.cross_args(ping=["127.0.0.1"])],
+                         capture_output=True, text=True, timeout=30, env={"PATH": str(b)}).stdout
+    r = parse_cross(out).pings["127.0.0.1"]
+    assert r.how == "tcp" and r.ok, out  # port 22 connected or refused: the host answered
+
+
 def test_cross_script_reports_a_busy_port():
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
