@@ -12,9 +12,11 @@ TCP connects follow the plan's links only: every link the deployment will use is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
-from ..plan import Link
+from ..plan import Fleet, Link
+from .scripts import cross_args
 
 RING = 2
 
@@ -42,3 +44,60 @@ def incoming(links: Sequence[Link]) -> dict[str, dict[int, tuple[str, list[str]]
         if lk.src not in srcs:
             srcs.append(lk.src)
     return out
+
+
+@dataclass(frozen=True)
+class CrossPlan:
+    """What each node runs in the cross round: its ops (scripts.cross_args), how many test
+    listeners it opens, the nodes it connects to, and the links tested."""
+
+    ops: dict[str, list[str]]
+    listening: dict[str, int]
+    dials: dict[str, set[str]]
+    tested: list[Link]
+
+
+def fleet_links(fleet: Fleet) -> list[Link]:
+    """Every link the fleet uses: the groups' own, and the router's to each replica."""
+    links = [lk for g in fleet.groups for lk in g.links]
+    if fleet.router is not None:
+        links += [Link(fleet.router.name, g.entry.name, "API", g.api_port) for g in fleet.groups
+                  if g.entry.name != fleet.router.name]
+    return links
+
+
+def fleet_peers(fleet: Fleet, names: Sequence[str]) -> dict[str, list[str]]:
+    heads = {n: g.head.name for g in fleet.groups for n in g.node_names()}
+    return probe_peers(names, heads, fleet_links(fleet))
+
+
+def cross_plan(fleet: Fleet, names: Sequence[str], present: Collection[str],
+               ips: Mapping[str, str], *, ports: bool, ping: bool,
+               busy: Mapping[str, set[int]] | None = None, own: Mapping[str, set[int]] | None = None,
+               hccn: Mapping[str, Mapping[int, Sequence[str]]] | None = None) -> CrossPlan:
+    """The cross round over the `present` nodes (their IPs in `ips`): a port `busy` on its
+    node is not listened on, and is connected to only when this deployment holds it (`own`).
+    Without busy/own (before the gather: nothing known taken) every planned port is."""
+    busy, own, hccn = busy or {}, own or {}, hccn or {}
+    peers = fleet_peers(fleet, names)
+    tested = [lk for lk in fleet_links(fleet) if lk.src in present and lk.dst in present
+              and lk.dst in ips]
+    listeners = incoming(tested)
+    ops: dict[str, list[str]] = {}
+    listening: dict[str, int] = {}
+    dials: dict[str, set[str]] = {}
+    for n in (x for x in names if x in present):
+        listen = ([(p, len(srcs)) for p, (_, srcs) in listeners.get(n, {}).items()
+                   if p not in busy.get(n, set())] if ports else [])
+        dial = ([lk for lk in tested if lk.src == n and (
+                    lk.port not in busy.get(lk.dst, set()) or lk.port in own.get(lk.dst, set()))]
+                if ports else [])
+        connect = list(dict.fromkeys((ips[lk.dst], lk.port) for lk in dial))
+        pinged = [ips[p] for p in peers.get(n, []) if p in ips] if ping else []
+        a = cross_args(pinged, connect, listen, hccn.get(n))
+        if a:
+            ops[n] = a
+            if listen:
+                listening[n] = len(listen)
+            dials[n] = {lk.dst for lk in dial if lk.dst != n}
+    return CrossPlan(ops, listening, dials, tested)

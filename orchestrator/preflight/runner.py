@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from .. import netinfo
@@ -26,14 +26,14 @@ from ..errors import CommandError, ConnectError, StageError, TopologyError
 from ..hw import ProbeOutput
 from ..hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from ..log import log
-from ..plan import Fleet, Link, NodeNet
+from ..plan import Fleet, NodeNet
 from ..remote import Result
 from ..runtime import Look
 from ..stage.manifest import CACHE_DIR, MANIFEST_SCRIPT, Manifest, parse_manifest
 from . import scripts
 from .accel import ascend_checks, gpu_checks, hccn_ping_plan
 from .parse import CrossFacts, NodeFacts, fill_from_api, fill_runtime, image_id, parse_cross, parse_gather
-from .peers import incoming, probe_peers
+from .peers import CrossPlan, cross_plan, fleet_peers
 from .report import CHECKS, SKIPPED_REASON, CheckResult, Report, order, skipped
 from .verdicts import (
     NodeCtx,
@@ -122,6 +122,36 @@ async def _run_listening(h: Any, argv: list[str], want: int, ready: asyncio.Even
     return Result(rc, buf.decode(errors="replace"), "")
 
 
+async def _run_cross(h: Any, argv: list[str], timeout: float, cp: CrossPlan,
+                     ready: dict[str, asyncio.Event]) -> Result:
+    """An exec that carries the node's cross ops: a node that listens is read as it runs (its
+    peers wait for its `ready`); a node that only connects starts once the nodes it dials
+    are listening, or after READY_WAIT (a listener that never says so only delays it)."""
+    if h.name in ready:
+        return await _run_listening(h, argv, cp.listening[h.name], ready[h.name], timeout)
+    waits = [ready[d].wait() for d in cp.dials.get(h.name, ()) if d in ready]
+    if waits:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), READY_WAIT)
+    r: Result = await h.run(argv, check=False, timeout=timeout)
+    return r
+
+
+def _known_ips(dep: Any, names: list[str], seen: dict[str, Any]) -> dict[str, str]:
+    """The cluster IPs known before the gather: the inventory's, else resolved from the
+    network facts the session read already."""
+    out = {}
+    for node in dep.inv.nodes:
+        if node.name not in names:
+            continue
+        if node.ip:
+            out[node.name] = node.ip
+        elif node.name in seen:
+            with contextlib.suppress(TopologyError):
+                out[node.name] = netinfo.resolve(node, seen[node.name]).ip
+    return out
+
+
 async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(), *,
                      replan: bool = False) -> Report:
     """Every check on every node of `fleet`.  `replan`: `fleet` was planned without the
@@ -150,15 +180,34 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
         (multi and not skipped("model.identical", skip)) or digest_wanted)
     mscript = (MANIFEST_SCRIPT, CACHE_DIR) if want_manifest else ()
     ports = {n: sorted({p.number for sp in fleet.on(n) for p in sp.listens}) for n in names}
+    do_ports = multi and not skipped("ports.reachable", skip)
+    do_ping = multi and not skipped("net.ping", skip)
+    want_hccn = want_probe and multi and not skipped("hccn.ping", skip)
+    # One round trip when the cross ops are known before the gather (every IP is in the plan,
+    # no hccn pings, which need the probe's NPU addresses): the cross ops run in the gather's
+    # exec.  Made again from the gathered facts afterwards; where they differ, round 2 runs.
+    known = _known_ips(dep, names, seen)
+    known = {n: ip for n, ip in known.items() if n in s.hosts}  # unreachable: not probed
+    pre = (cross_plan(fleet, names, s.hosts, known, ports=do_ports, ping=do_ping)
+           if (do_ports or do_ping) and not want_hccn and not fleet.unresolved
+           and len(known) == len([n for n in names if n in s.hosts]) else None)
+    ready1 = {n: asyncio.Event() for n in (pre.listening if pre else {})}
 
     async def round1(h: Any) -> tuple[Any, Any, Any]:
         # the runtime's API (a channel to its socket, no process on the node) beside the
         # gather; the CLI's sections only where the socket cannot be reached
         api = s.runtime_api_possible(h)
-        gather = scripts.gather_script(kind, with_net=h.name not in seen, runtime_cli=not api)
         gargs = scripts.gather_args(dep.inv.runtime, dep.inv.image, model, ports[h.name], mscript)
-        jobs = [h.run(["sh", "-c", gather, "sh", *gargs], check=False,
-                      timeout=MANIFEST_TIMEOUT if want_manifest else GATHER_TIMEOUT)]
+        timeout = MANIFEST_TIMEOUT if want_manifest else GATHER_TIMEOUT
+        ops = pre.ops.get(h.name) if pre else None
+        if pre and ops:
+            script = scripts.check_script(kind, with_net=h.name not in seen, runtime_cli=not api)
+            main = _run_cross(h, ["sh", "-c", script, "sh", *gargs, *ops],
+                              max(timeout, CROSS_TIMEOUT), pre, ready1)
+        else:
+            gather = scripts.gather_script(kind, with_net=h.name not in seen, runtime_cli=not api)
+            main = h.run(["sh", "-c", gather, "sh", *gargs], check=False, timeout=timeout)
+        jobs: list[Awaitable[Any]] = [main]
         if api:
             jobs.append(_runtime_look(s, h, gargs))
         if want_probe:
@@ -175,6 +224,7 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
     probes: dict[str, AscendProbe | None] = {}
     probe_errors: dict[str, str] = {}
     manifests: dict[str, Manifest | None | str] = {}  # str: why there is none
+    cross1: dict[str, CrossFacts] = {}  # the cross ops' results where round 1 carried them
     for n, r in (await s.each(round1, names)).items():
         g, look, p = (r, None, None) if isinstance(r, BaseException) else r
         h = s.hosts[n]
@@ -198,6 +248,8 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
         out.append(res(n, "ssh.reachable", "pass", f"ssh to {h.target.host}"
                        if hasattr(h, "target") else "connected"))
         facts[n] = f = parse_gather(g.stdout, seen.get(n))
+        if pre and n in pre.ops:
+            cross1[n] = parse_cross(g.stdout)
         if isinstance(look, BaseException):
             why = _why(look)
             f.runtime_info = ProbeOutput(f"cannot ask the runtime: {why}", 1)
@@ -265,60 +317,32 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
         if want_manifest and not skipped("model.identical", skip):
             out += identical_checks({n: m for n, m in manifests.items() if n in facts}, model)
 
-    # round 2: probes bounded per node (peers.py), connects along the plan's links
+    # round 2: probes bounded per node (peers.py), connects along the plan's links; not run
+    # where round 1 carried exactly these ops already
     ips = {n: nets[n].ip for n in facts if n in nets}
-    links = [lk for g in eff.groups for lk in g.links]
-    if eff.router is not None:
-        links += [Link(eff.router.name, g.entry.name, "API", g.api_port) for g in eff.groups
-                  if g.entry.name != eff.router.name]
-    heads = {n: g.head.name for g in eff.groups for n in g.node_names()}
-    peers = probe_peers(names, heads, links)
     users = {n: port_users(ctxs[n], facts[n]) for n in facts if ctxs[n].ports}
     busy = {n: set(u) for n, u in users.items()}
     own = {n: {p for p, who in u.items() if who == "own"} for n, u in users.items()}
-    do_ports = multi and not skipped("ports.reachable", skip)
-    do_ping = multi and not skipped("net.ping", skip)
-    hccn_plan = (hccn_ping_plan({n: p for n, p in probes.items() if p is not None}, peers)
-                 if want_probe and multi and not skipped("hccn.ping", skip) else {})
-    tested = [lk for lk in links if lk.src in facts and lk.dst in facts and lk.dst in ips]
-    listeners = incoming(tested)
-    ops: dict[str, list[str]] = {}
-    listening: dict[str, int] = {}  # node -> how many test listeners it opens
-    dials: dict[str, set[str]] = {}  # node -> the nodes it connects to
-    for n in facts:
-        listen = ([(p, len(srcs)) for p, (_, srcs) in listeners.get(n, {}).items()
-                   if p not in busy.get(n, set())] if do_ports else [])
-        dial = ([lk for lk in tested if lk.src == n and (
-                    lk.port not in busy.get(lk.dst, set()) or lk.port in own.get(lk.dst, set()))]
-                if do_ports else [])
-        connect = [(ips[lk.dst], lk.port) for lk in dial]
-        ping = [ips[p] for p in peers.get(n, []) if p in ips] if do_ping else []
-        a = scripts.cross_args(ping, list(dict.fromkeys(connect)), listen, hccn_plan.get(n))
-        if a:
-            ops[n] = a
-            if listen:
-                listening[n] = len(listen)
-            dials[n] = {lk.dst for lk in dial if lk.dst != n}
+    hccn_plan = (hccn_ping_plan({n: p for n, p in probes.items() if p is not None},
+                                fleet_peers(eff, names)) if want_hccn else {})
     cross: dict[str, CrossFacts] = {}
     hccn_text: dict[str, str] = {}
-    if ops:
+    again = cross_plan(eff, names, facts, ips, ports=do_ports, ping=do_ping)
+    if pre is not None and again.ops == {n: a for n, a in pre.ops.items() if n in facts}:
+        cp, cross = again, dict(cross1)  # busy ports: the verdicts leave their results out
+    else:
+        cp = cross_plan(eff, names, facts, ips, ports=do_ports, ping=do_ping, busy=busy, own=own,
+                        hccn=hccn_plan)
+    if cp.ops and cp is not again:
         cscript = scripts.cross_script()
-
-        ready = {n: asyncio.Event() for n in listening}
+        ready = {n: asyncio.Event() for n in cp.listening}
 
         async def round2(h: Any) -> Any:
             per_dev = max((len(v) for v in hccn_plan.get(h.name, {}).values()), default=0)
-            argv = ["sh", "-c", cscript, "sh", *ops[h.name]]
-            timeout = CROSS_TIMEOUT + HCCN_PING_TIMEOUT * per_dev
-            if h.name in ready:
-                return await _run_listening(h, argv, listening[h.name], ready[h.name], timeout)
-            waits = [ready[d].wait() for d in dials.get(h.name, ()) if d in ready]
-            if waits:  # a listener that never says so only delays this node by READY_WAIT
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.gather(*waits), READY_WAIT)
-            return await h.run(argv, check=False, timeout=timeout)
+            return await _run_cross(h, ["sh", "-c", cscript, "sh", *cp.ops[h.name]],
+                                    CROSS_TIMEOUT + HCCN_PING_TIMEOUT * per_dev, cp, ready)
 
-        for n, r in (await s.each(round2, list(ops))).items():
+        for n, r in (await s.each(round2, list(cp.ops))).items():
             if isinstance(r, BaseException):
                 # one failure for the node, on the first cross-node check it was to get
                 name = ("net.ping" if do_ping else "ports.reachable" if do_ports else "hccn.ping")
@@ -328,6 +352,7 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
                 continue
             cross[n] = parse_cross(r.stdout)
             hccn_text[n] = cross[n].hccn
+    tested = cp.tested
     if do_ping:
         out += ping_checks(names, ips, {n: cf for n, cf in cross.items() if cf.pings})
     if do_ports:

@@ -172,6 +172,26 @@ def gather_script(kind: str, with_net: bool = True, runtime_cli: bool = True) ->
     return f"# {GATHER_MARK}\n" + _COMMON + body
 
 
+def check_script(kind: str, with_net: bool = True, runtime_cli: bool = True) -> str:
+    """The gather and the cross ops in one exec, when the cross ops are known before the
+    gather (every node's cluster IP is in the plan); args: `gather_args` + `cross_args`.
+    The planned ports' listeners are read first (so that `ss` does not see orch's own test
+    listeners), then the cross ops start in the background and the gather runs beside them;
+    every section goes to a file and all are printed at the end (a listener's `ready` line
+    is the only thing written before)."""
+    body = gather_script(kind, with_net, runtime_cli).split("\n", 1)[1].removeprefix(_COMMON)
+    defs, runs = body.split("NL='\n'\n", 1)
+    lst = '[ -n "$PORTS" ] && run listeners listeners\n'
+    assert lst in runs
+    cross = _CROSS.split("peers= tcps=\n", 1)
+    dispatch, end = cross[1].split("wait\n", 1)
+    return (f"# {GATHER_MARK} {CROSS_MARK}\n" + _COMMON + defs + "shift 6\n" + cross[0]
+            + "{ " + lst.rstrip("\n") + "; } > \"$tmp/0001\" 2>&1\n"
+            + "peers= tcps=\n" + dispatch
+            + "{\nNL='\n'\n" + runs.replace(lst, "") + "} > \"$tmp/0002\" 2>&1\n"
+            + "wait\ncat \"$tmp\"/*\nexit 0\n")
+
+
 def runtime_script() -> str:
     """The runtime's sections alone (version, image ID, orch containers) through its CLI;
     args: `gather_args` (only RUNTIME and IMAGE are read)."""

@@ -388,6 +388,29 @@ def test_cross_script_listener_says_ready_first_and_a_connect_waits_for_it():
     assert "accepted 127.0.0.1" in parse_cross(lout).listens[port]
 
 
+@needs_tools
+@pytest.mark.skipif(not shutil.which("ss") or not shutil.which("python3"), reason="needs ss, python3")
+def test_check_script_gathers_and_runs_the_cross_ops_in_one_exec(tmp_path):
+    b = _fake_bin(tmp_path)
+    port = _free_port()
+    env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    argv = ["sh", "-c", scripts.check_script("cpu"), "sh",
+            *scripts.gather_args("podman", "img:ok", str(tmp_path), [port]),
+            *scripts.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)],
+                                listen=[(port, 1)])]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env) as p:
+        assert p.stdout is not None
+        first = p.stdout.readline()
+        out = p.stdout.read()
+        assert p.wait(timeout=60) == 0
+    assert first == f"==== ready {port} ====\n"  # before any section
+    f, c = parse_gather(out), parse_cross(out)
+    assert f.complete and f.listeners is not None
+    assert port not in [x.port for x in f.listeners]  # ss ran before orch's own listener
+    assert c.listens[port][0] == "bound python3" and "accepted 127.0.0.1" in c.listens[port]
+    assert c.connects[("127.0.0.1", port)] == "connected" and c.pings["127.0.0.1"].ok
+
+
 @pytest.mark.skipif(not shutil.which("perl"), reason="needs perl")
 def test_cross_script_perl_listener_when_no_python(tmp_path):
     """Hosts without python3 still get a listener (perl-base is on every Debian/Ubuntu)."""

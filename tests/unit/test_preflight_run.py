@@ -20,6 +20,7 @@ from orchestrator.cluster import Deployment, Session
 from orchestrator.errors import ChannelRefused, CommandError, ConnectError
 from orchestrator.hw import recorded_output
 from orchestrator.hw.fakes import fake_npu_ip, render_fake_tools
+from orchestrator.plan import NodeNet
 from orchestrator.preflight import clean_stale, run_checks, runner
 from orchestrator.preflight import scripts as S
 from orchestrator.remote import Result
@@ -176,17 +177,26 @@ class FakeHost:
     async def run(self, argv, *, timeout=120, check=True, merge=False, input=None,  # noqa: A002
                   delay=None):
         script, args = argv[2], list(argv[4:])
+        both = S.GATHER_MARK in script and S.CROSS_MARK in script  # one round trip (check_script)
         kind = ("gather" if S.GATHER_MARK in script else "cross" if S.CROSS_MARK in script
                 else "clean" if S.CLEAN_MARK in script else "runtime" if S.RUNTIME_MARK in script
                 else "manifest" if "orch-manifest" in script else "probe")
-        self.world.calls.append((self.name, kind, args))
+        if both:
+            self.world.calls += [(self.name, "gather", args[:6]), (self.name, "cross", args[6:])]
+        else:
+            self.world.calls.append((self.name, kind, args))
         self.world.scripts.append((kind, script))
-        self.world.events.append((self.name, f"{kind} starts"))
+        self.world.events.append((self.name, "cross starts" if both else f"{kind} starts"))
         delay = self.world.delay if delay is None else delay
         if delay:
             await asyncio.sleep(delay)
         if self.sudo:
             return Result(1, "", "sudo: a password is required\n")
+        if both and self.name in self.world.cross_hangs:
+            raise CommandError(self.name, list(argv[:3]), None, f"timed out after {timeout:.0f}s")
+        if both:
+            return Result(0, self.world.gather(self.name, script, args[:6])
+                          + self.world.cross(self.name, args[6:]), "")
         if kind == "gather":
             return Result(0, self.world.gather(self.name, script, args), "")
         if kind == "runtime":
@@ -262,14 +272,17 @@ class FakeSession(Session):
 
 
 def deployment(tmp: Path, profile: str = "cpu", nics: dict[str, str] | None = None,
-               tensor: int = 1, extra_pb: str = "", model: str = MODEL) -> Deployment:
+               tensor: int = 1, extra_pb: str = "", model: str = MODEL,
+               ips: bool = True) -> Deployment:
+    """Three nodes h0..h2; without `ips` their IPs are not in the inventory (found from the
+    NICs: the cross ops are then only known after the gather, in a round trip of their own)."""
     (tmp / "playbooks").mkdir(exist_ok=True)
     (tmp / "playbooks" / "t.yaml").write_text(
         f"name: t\nprofile: {profile}\nvllm_version: '0.11.0'\ntopology: dp\n"
         f"parallel: {{tensor: {tensor}, data: 3, data_local: 1}}\nports: {{api: 8000, rpc: 13389}}\n"
         f"container: {{net_host: true, shm_size: 16g}}\n{extra_pb}")
-    nodes = "".join(f"  - {{name: {n}, host: {n}.example, nic: {(nics or {}).get(n, 'eth0')}, "
-                    f"ip: {ip_of(i)}}}\n" for i, n in enumerate(NODES))
+    nodes = "".join(f"  - {{name: {n}, host: {n}.example, nic: {(nics or {}).get(n, 'eth0')}"
+                    + (f", ip: {ip_of(i)}" if ips else "") + "}\n" for i, n in enumerate(NODES))
     (tmp / "inv.yaml").write_text(f"deployment: t\nplaybook: t\nruntime: docker\nimage: img:1\n"
                                   f"model: {{path: {model}}}\nnodes:\n{nodes}")
     return Deployment.load(tmp / "inv.yaml", with_secrets=False)
@@ -324,16 +337,20 @@ def test_network_facts_the_session_read_are_not_gathered_again(tmp_path):
     assert ("h1", "net.nic") in fails(rep)
 
 
-def test_nodes_run_concurrently_in_two_round_trips(tmp_path):
+@pytest.mark.parametrize("ips", [True, False])
+def test_nodes_run_concurrently_in_one_round_trip_or_two(tmp_path, ips):
     world = World(delay=0.4)
     t0 = time.monotonic()
-    rep = check(deployment(tmp_path), world)
+    rep = check(deployment(tmp_path, ips=ips), world)
     took = time.monotonic() - t0
     assert not rep.failed
-    per_node = {n: [k for h, k, _ in world.calls if h == n] for n in NODES}
-    # round 1: the gather (the model's manifest one of its sections) and the runtime's API at
-    # once, round 2: cross
-    assert all(v == ["gather", "look", "cross"] for v in per_node.values()), per_node
+    per_node = {n: sorted(k for h, k, _ in world.calls if h == n) for n in NODES}
+    # the gather (the model's manifest one of its sections), the runtime's API beside it and
+    # the cross ops: in the gather's exec when every IP is in the plan, else in a second one
+    assert all(v == ["cross", "gather", "look"] for v in per_node.values()), per_node
+    execs = {n: sum(1 for h, what in world.events if h == n and what.endswith("starts"))
+             for n in NODES}
+    assert execs == {n: 1 if ips else 2 for n in NODES}
     assert all(a[4] for _, k, a in world.calls if k == "gather")
     assert took < 1.5, f"{took:.2f}s: nodes were checked one after the other"
 
@@ -374,12 +391,12 @@ def test_without_the_runtime_api_the_cli_gives_the_same_verdicts(tmp_path, api):
         kinds = {n: [k for h, k, _ in w.calls if h == n] for n in NODES}
         cli_in_gather = ["run 'runtime info'" in x for k, x in w.scripts if k == "gather"]
         if mode == "api":
-            assert kinds["h0"] == ["gather", "look", "cross"] and not any(cli_in_gather)
+            assert sorted(kinds["h0"]) == ["cross", "gather", "look"] and not any(cli_in_gather)
         elif mode == "refused":  # sshd refused the socket: the CLI's sections in an exec of their own
-            assert all(v[:2] == ["gather", "api"] and "runtime" in v for v in kinds.values()), kinds
+            assert all(sorted(v) == ["api", "cross", "gather", "runtime"] for v in kinds.values()), kinds
             assert not any(cli_in_gather)
         else:  # the API is off: the CLI's sections are part of the gather
-            assert all(v == ["gather", "cross"] for v in kinds.values()) and all(cli_in_gather)
+            assert all(sorted(v) == ["cross", "gather"] for v in kinds.values()) and all(cli_in_gather)
     assert verdicts["api"] == verdicts[api]
     assert ("h2", "image.present", "fail") in verdicts[api]
     assert ("h1", "stale.containers", "warn") in verdicts[api]
@@ -408,14 +425,17 @@ def test_missing_nic_fails_only_that_node(tmp_path):
     assert rep.get("h1", "net.ping").status == "pass"  # type: ignore[union-attr]
 
 
-def test_rpc_port_taken_on_head(tmp_path):
+@pytest.mark.parametrize("ips", [True, False])
+def test_rpc_port_taken_on_head(tmp_path, ips):
     world = World(listeners={"h0": 'LISTEN 0 100 0.0.0.0:13389 0.0.0.0:* users:(("python3",pid=4242,fd=3))\n'})
-    rep = check(deployment(tmp_path), world)
+    rep = check(deployment(tmp_path, ips=ips), world)
     assert fails(rep) == {("h0", "ports.free")}
     assert "13389" in rep.get("h0", "ports.free").reason and "4242" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
     assert rep.get("h0", "ports.reachable").status == "warn"  # type: ignore[union-attr]
     listened = [a for h, k, a in world.calls if h == "h0" and k == "cross"][0]
-    assert "13389" not in listened and "8000" in listened  # no listener on a busy port
+    # the ops of a round trip of their own know the port is taken: no listener there; in the
+    # gather's exec they do not yet (the listener fails on it), and the verdicts are the same
+    assert ("13389" not in listened) is (not ips) and "8000" in listened
 
 
 def test_rpc_port_blocked_on_head_fails_the_head(tmp_path):
@@ -438,10 +458,14 @@ def test_node_nobody_can_ping_is_the_one_at_fault(tmp_path):
     assert fails(rep) == {("h1", "net.ping")}
 
 
-def test_cross_step_that_hangs_is_a_failure_not_a_silent_pass(tmp_path):
-    rep = check(deployment(tmp_path), World(cross_hangs={"h2"}))
-    assert fails(rep) == {("h2", "net.ping")}
-    assert "timed out" in rep.get("h2", "net.ping").reason  # type: ignore[union-attr]
+@pytest.mark.parametrize("ips", [True, False])
+def test_cross_step_that_hangs_is_a_failure_not_a_silent_pass(tmp_path, ips):
+    rep = check(deployment(tmp_path, ips=ips), World(cross_hangs={"h2"}))
+    # in the gather's exec, the node's whole round trip did not finish; in a round trip of
+    # their own, the first cross-node check fails
+    check_name = "ssh.reachable" if ips else "net.ping"
+    assert ("h2", check_name) in fails(rep)
+    assert "timed out" in rep.get("h2", check_name).reason  # type: ignore[union-attr]
 
 
 def test_image_missing_and_image_different(tmp_path):
@@ -551,9 +575,11 @@ def test_stale_state(tmp_path):
     assert "psm_dead" in rep.get("h2", "stale.shm").reason  # type: ignore[union-attr]
 
 
-def test_running_deployment_holding_its_own_ports_is_not_a_failure(tmp_path):
-    dep = deployment(tmp_path)
-    spec = dep.plan().groups[0].node("h0").spec_hash
+@pytest.mark.parametrize("ips", [True, False])
+def test_running_deployment_holding_its_own_ports_is_not_a_failure(tmp_path, ips):
+    dep = deployment(tmp_path, ips=ips)
+    nets = None if ips else {n: NodeNet("eth0", ip_of(i)) for i, n in enumerate(NODES)}
+    spec = dep.plan(nets).groups[0].node("h0").spec_hash  # as the check plans it
     cid = "f" * 64
     ctr = [{"Id": cid, "Name": "/orch-t-h0-cur", "State": {"Status": "running"},
             "Config": {"Labels": {"orch.deployment": "t", "orch.node": "h0", "orch.spec": spec}}}]
@@ -566,7 +592,9 @@ def test_running_deployment_holding_its_own_ports_is_not_a_failure(tmp_path):
     assert "held by this deployment" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
     head_ops = [a for h, k, a in w.calls if h == "h0" and k == "cross"][0]
     peer_ops = [a for h, k, a in w.calls if h == "h1" and k == "cross"][0]
-    assert "13389" not in head_ops and "13389" in peer_ops  # peers reach the running vLLM itself
+    # peers reach the running vLLM itself (the head does not listen there: it knows, or, in
+    # the gather's exec, its listener finds the port taken)
+    assert ("13389" not in head_ops) is (not ips) and "13389" in peer_ops
     assert rep.get("h0", "stale.containers").status == "pass"  # type: ignore[union-attr]
     assert rep.get("h0", "stale.processes").status == "pass"  # type: ignore[union-attr]
 
