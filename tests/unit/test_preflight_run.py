@@ -419,10 +419,19 @@ def test_who_holds_a_port_is_asked_only_on_nodes_with_planned_ports(tmp_path):
 
 
 def test_missing_nic_fails_only_that_node(tmp_path):
-    rep = check(deployment(tmp_path, nics={"h1": "bogus0"}), World())
+    world = World()
+    rep = check(deployment(tmp_path, nics={"h1": "bogus0"}), world)
     assert not_passing(rep) == {("h1", "net.nic", "fail")}
     assert "bogus0 does not exist" in rep.get("h1", "net.nic").reason  # type: ignore[union-attr]
     assert rep.get("h1", "net.ping").status == "pass"  # type: ignore[union-attr]
+    # the cross ops ran in the gather's exec with h1's inventory IP; made again from the facts
+    # (no IP resolved for h1: nobody pings it) they differ, so round 2 ran with those
+    execs = {n: sum(1 for h, what in world.events if h == n and what.endswith("starts"))
+             for n in NODES}
+    assert execs == {"h0": 2, "h1": 2, "h2": 2}
+    last = {n: [a for h, k, a in world.calls if h == n and k == "cross"][-1] for n in NODES}
+    assert ip_of(1) not in last["h0"] and ip_of(1) in [a for h, k, a in world.calls
+                                                       if h == "h0" and k == "cross"][0]
 
 
 @pytest.mark.parametrize("ips", [True, False])
