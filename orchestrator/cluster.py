@@ -201,13 +201,9 @@ class Session:
         with all_deployments), and how they were read: "api" through the runtime's API socket
         when the node lets orch reach it, else "cli" (`ps`, then `inspect`)."""
         dep = None if all_deployments else self.dep.inv.deployment
-        api = self._runtime_api(h)
-        if api is not None:
-            try:
-                return await api.inspect_all(dep, h.name), "api"
-            except RuntimeApiUnavailable as exc:
-                log.info("runtime API not reachable, using the CLI", node=h.name, reason=exc.message)
-                self._keep(self._apis, h, (h, None))
+        got = await self._ask_api(h, lambda api: api.inspect_all(dep, h.name))
+        if got is not None:
+            return got, "api"
         r = await h.run(runtime.ps_ids(self.runtime, dep, h.name), timeout=30)
         ids = r.stdout.split()
         if not ids:
@@ -219,11 +215,16 @@ class Session:
         """The runtime's version, the image's ID and every orch container on the node through
         the runtime's API socket; None when the node does not let orch reach it (the caller
         asks the CLI instead)."""
+        return await self._ask_api(h, lambda api: api.look(image))
+
+    async def _ask_api(self, h: Host, ask: Callable[[runtime_api.RuntimeApi], Awaitable[T]]) -> T | None:
+        """ask(api) through the node's runtime API; None when the node does not let orch reach
+        it (turned off, or found unreachable now: remembered for this connection)."""
         api = self._runtime_api(h)
         if api is None:
             return None
         try:
-            return await api.look(image)
+            return await ask(api)
         except RuntimeApiUnavailable as exc:
             log.info("runtime API not reachable, using the CLI", node=h.name, reason=exc.message)
             self._keep(self._apis, h, (h, None))
