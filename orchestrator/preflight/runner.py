@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
@@ -137,18 +138,17 @@ async def _run_cross(h: Any, argv: list[str], timeout: float, cp: CrossPlan,
     return r
 
 
-def _known_ips(dep: Any, names: list[str], seen: dict[str, Any]) -> dict[str, str]:
-    """The cluster IPs known before the gather: the inventory's, else resolved from the
-    network facts the session read already."""
-    out = {}
-    for node in dep.inv.nodes:
-        if node.name not in names:
-            continue
-        if node.ip:
-            out[node.name] = node.ip
-        elif node.name in seen:
-            with contextlib.suppress(TopologyError):
-                out[node.name] = netinfo.resolve(node, seen[node.name]).ip
+def _plan_ips(fleet: Fleet, reachable: Iterable[str]) -> dict[str, str] | None:
+    """Every reachable node's cluster IP as the plan has it (the inventory's, or found from
+    the facts the session read while planning); None while one is still a placeholder."""
+    want = set(reachable)
+    out: dict[str, str] = {}
+    for sp in fleet.nodes:
+        if sp.name in want:
+            try:
+                out[sp.name] = str(ipaddress.ip_address(sp.ip))
+            except ValueError:
+                return None
     return out
 
 
@@ -186,11 +186,8 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
     # One round trip when the cross ops are known before the gather (every IP is in the plan,
     # no hccn pings, which need the probe's NPU addresses): the cross ops run in the gather's
     # exec.  Made again from the gathered facts afterwards; where they differ, round 2 runs.
-    known = _known_ips(dep, names, seen)
-    known = {n: ip for n, ip in known.items() if n in s.hosts}  # unreachable: not probed
-    pre = (cross_plan(fleet, names, s.hosts, known, ports=do_ports, ping=do_ping)
-           if (do_ports or do_ping) and not want_hccn and not fleet.unresolved
-           and len(known) == len([n for n in names if n in s.hosts]) else None)
+    known = _plan_ips(fleet, s.hosts) if (do_ports or do_ping) and not want_hccn else None
+    pre = cross_plan(fleet, names, s.hosts, known, ports=do_ports, ping=do_ping) if known else None
     ready1 = {n: asyncio.Event() for n in (pre.listening if pre else {})}
 
     async def round1(h: Any) -> tuple[Any, Any, Any]:
@@ -327,13 +324,18 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
                                 fleet_peers(eff, names)) if want_hccn else {})
     cross: dict[str, CrossFacts] = {}
     hccn_text: dict[str, str] = {}
-    again = cross_plan(eff, names, facts, ips, ports=do_ports, ping=do_ping)
-    if pre is not None and again.ops == {n: a for n, a in pre.ops.items() if n in facts}:
-        cp, cross = again, dict(cross1)  # busy ports: the verdicts leave their results out
-    else:
+    # round 1's ops stand when the plan made from the facts asks for the same (before the
+    # gather no port was known taken: the verdicts leave the results on busy ports out)
+    cp: CrossPlan | None = None
+    if pre is not None:
+        again = cross_plan(eff, names, facts, ips, ports=do_ports, ping=do_ping)
+        if again.ops == {n: a for n, a in pre.ops.items() if n in facts}:
+            cp, cross = again, dict(cross1)
+    carried = cp is not None
+    if cp is None:
         cp = cross_plan(eff, names, facts, ips, ports=do_ports, ping=do_ping, busy=busy, own=own,
                         hccn=hccn_plan)
-    if cp.ops and cp is not again:
+    if cp.ops and not carried:
         cscript = scripts.cross_script()
         ready = {n: asyncio.Event() for n in cp.listening}
 

@@ -325,6 +325,21 @@ def test_healthy_cluster_passes_every_check(tmp_path):
     assert j["nodes"]["h0"]["ports.free"]["status"] == "pass"  # type: ignore[index]
 
 
+def test_up_path_without_inventory_ips_uses_the_plans_ips_in_one_round_trip(tmp_path):
+    """`orch up` plans with the facts the session read (no `ip:` in the inventory): the
+    preflight takes the IPs from that plan and carries the cross ops in the gather's exec."""
+    dep = deployment(tmp_path, ips=False)
+    world = World()
+    s = session(dep, world)
+    s.facts_seen = {n: world.net(n) for n in NODES}
+    fleet = dep.plan({n: NodeNet("eth0", ip_of(i)) for i, n in enumerate(NODES)})
+    rep = asyncio.run(run_checks(s, fleet, frozenset()))
+    assert not rep.failed and rep.get("h1", "ports.reachable").status == "pass"  # type: ignore[union-attr]
+    execs = {n: sum(1 for h, what in world.events if h == n and what.endswith("starts"))
+             for n in NODES}
+    assert execs == {n: 1 for n in NODES}
+
+
 def test_network_facts_the_session_read_are_not_gathered_again(tmp_path):
     dep = deployment(tmp_path)
     world = World(nics={"h0": "eth0", "h1": "eth7", "h2": "eth0"})  # what a new look would see
