@@ -52,7 +52,7 @@ held() {
 }
 """
 
-_GATHER = r"""
+_GATHER_DEFS = r"""
 RT=$1; IMAGE=$2; MODEL=$3; PORTS=$4; MSCRIPT=$5; CDIR=$6
 tools() {  # "name path", or "name " when missing (no subshell per tool)
   for t in ping python3 perl bash timeout fuser ss du df ps nvidia-smi rocm-smi rsync; do
@@ -107,13 +107,18 @@ shmfiles() {
   done
   return 0
 }
+"""
+
+# Who listens on the planned ports: in check_script read before orch's own test listeners start
+_LISTENERS = '[ -n "$PORTS" ] && run listeners listeners\n'
+
+_GATHER_RUNS = r"""
 NL='
 '
 run id uid
 run tools tools
 run 'runtime path' command -v "$RT"
 #runtime
-[ -n "$PORTS" ] && run listeners listeners
 run net netfacts
 run model modelfacts
 [ -n "$MSCRIPT" ] && run manifest manifest
@@ -122,8 +127,8 @@ run model modelfacts
 set -- /
 case $MODEL in /*) [ -e "$MODEL" ] && set -- / "$MODEL" ;; esac
 if dfo=$(lim 10 df -Pk "$@" /dev/shm 2>&1); then
-  printf '==== disks ====\n%%s\n==== rc 0 ====\n' "${dfo%%"$NL"*}"
-  printf '==== shm ====\n%%s\n%%s\n==== rc 0 ====\n' "${dfo%%%%"$NL"*}" "${dfo##*"$NL"}"
+  printf '==== disks ====\n%s\n==== rc 0 ====\n' "${dfo%"$NL"*}"
+  printf '==== shm ====\n%s\n%s\n==== rc 0 ====\n' "${dfo%%"$NL"*}" "${dfo##*"$NL"}"
 else
   run disks disks
   run shm lim 10 df -Pk /dev/shm
@@ -158,18 +163,25 @@ _GPU_QUERIES = {
 }
 
 
+def _gather_parts(kind: str, with_net: bool, runtime_cli: bool) -> tuple[str, str]:
+    """The gather's definitions (they read `gather_args`) and its sections, the planned ports'
+    listeners apart (`_LISTENERS`)."""
+    runs = _GATHER_RUNS
+    if not with_net:
+        runs = runs.replace("run net netfacts\n", "")
+    runs = runs.replace("#runtime\n", _RUNTIME.lstrip("\n") if runtime_cli else "")
+    query = _GPU_QUERIES.get(kind)
+    if query:
+        runs += f"run gpu lim 30 {shlex.join(query)}\n"
+    return _GATHER_DEFS % {"facts": FACTS_SCRIPT}, runs
+
+
 def gather_script(kind: str, with_net: bool = True, runtime_cli: bool = True) -> str:
     """The round-1 script for a node of profile kind `kind`; args: `gather_args`.
     Without `with_net` it skips the network facts (the session read them already); without
     `runtime_cli` the runtime's sections (the API answers them)."""
-    body = _GATHER % {"facts": FACTS_SCRIPT}
-    if not with_net:
-        body = body.replace("run net netfacts\n", "")
-    body = body.replace("#runtime\n", _RUNTIME.lstrip("\n") if runtime_cli else "")
-    query = _GPU_QUERIES.get(kind)
-    if query:
-        body += f"run gpu lim 30 {shlex.join(query)}\n"
-    return f"# {GATHER_MARK}\n" + _COMMON + body
+    defs, runs = _gather_parts(kind, with_net, runtime_cli)
+    return f"# {GATHER_MARK}\n" + _COMMON + defs + _LISTENERS + runs
 
 
 def check_script(kind: str, with_net: bool = True, runtime_cli: bool = True) -> str:
@@ -179,16 +191,10 @@ def check_script(kind: str, with_net: bool = True, runtime_cli: bool = True) -> 
     listeners), then the cross ops start in the background and the gather runs beside them;
     every section goes to a file and all are printed at the end (a listener's `ready` line
     is the only thing written before)."""
-    body = gather_script(kind, with_net, runtime_cli).split("\n", 1)[1].removeprefix(_COMMON)
-    defs, runs = body.split("NL='\n'\n", 1)
-    lst = '[ -n "$PORTS" ] && run listeners listeners\n'
-    assert lst in runs
-    cross = _CROSS.split("peers= tcps=\n", 1)
-    dispatch, end = cross[1].split("wait\n", 1)
-    return (f"# {GATHER_MARK} {CROSS_MARK}\n" + _COMMON + defs + "shift 6\n" + cross[0]
-            + "{ " + lst.rstrip("\n") + "; } > \"$tmp/0001\" 2>&1\n"
-            + "peers= tcps=\n" + dispatch
-            + "{\nNL='\n'\n" + runs.replace(lst, "") + "} > \"$tmp/0002\" 2>&1\n"
+    defs, runs = _gather_parts(kind, with_net, runtime_cli)
+    return (f"# {GATHER_MARK} {CROSS_MARK}\n" + _COMMON + defs + "shift 6\n" + _CROSS_DEFS
+            + "{ " + _LISTENERS.rstrip("\n") + "; } > \"$tmp/0001\" 2>&1\n" + _CROSS_START
+            + "{\n" + runs + "} > \"$tmp/0002\" 2>&1\n"
             + "wait\ncat \"$tmp\"/*\nexit 0\n")
 
 
@@ -207,7 +213,7 @@ def gather_args(runtime: str, image: str, model: str, ports: Sequence[int] = (),
     return [runtime, image, model, " ".join(str(int(p)) for p in ports), script, cache]
 
 
-_CROSS = r"""
+_CROSS_DEFS = r"""
 exec 9>&1
 tmp=$(mktemp -d 2>/dev/null) || { tmp=/tmp/orch-preflight.$$; mkdir -m 700 "$tmp" || exit 1; }
 trap 'rm -rf "$tmp"' EXIT
@@ -348,6 +354,10 @@ hping() {  # device ip,ip,...: hccn_tool pings from one NPU, one after the other
   d=$1; old=$IFS; IFS=,; set -- $2; IFS=$old
   for a in "$@"; do run "hccn $d ping $a" lim 30 hccn_tool -i "$d" -ping -g address "$a"; done
 }
+"""
+
+# Dispatch the ops (cross_args) to background jobs
+_CROSS_START = r"""
 peers= tcps=
 while [ $# -gt 0 ]; do
   case $1 in
@@ -362,15 +372,13 @@ done
 # shellcheck disable=SC2086  # IPs (validated by orch): one word each
 [ -n "$peers" ] && { n=$((n + 1)); pings $peers > "$tmp/$n" 2>&1 & }
 [ -n "$tcps" ] && { n=$((n + 1)); conns $tcps > "$tmp/$n" 2>&1 & }
-wait
-[ "$n" -gt 1000 ] && cat "$tmp"/*
-exit 0
 """
 
 
 def cross_script() -> str:
     """The round-2 script; args are ops built by `cross_args`."""
-    return f"# {CROSS_MARK}\n" + _COMMON + _CROSS
+    return (f"# {CROSS_MARK}\n" + _COMMON + _CROSS_DEFS + _CROSS_START
+            + 'wait\n[ "$n" -gt 1000 ] && cat "$tmp"/*\nexit 0\n')
 
 
 def _ip(v: str) -> str:
