@@ -1,6 +1,6 @@
 """The README's two commands work as written on a fresh Debian root machine: no sudo (a fresh
-root has none), scripts that exist, and .ci/run runs exactly the test command read from the
-README.  The lab test tests/lab/test_readme_lab.py runs the demo command itself."""
+root has none), scripts that exist, and .ci/run runs exactly the README's test command.
+The lab test tests/lab/test_readme_lab.py runs the demo command itself."""
 
 from __future__ import annotations
 
