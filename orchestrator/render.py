@@ -226,8 +226,8 @@ def print_report(report: Report) -> None:
                     by.setdefault(cell[(n, c)], []).append(n)
             parts = [f"{_STYLE[st]} {len(by[st])}" + (f" ({_names(by[st])})" if st != "pass" else "")
                      for st in ("fail", "warn", "pass") if st in by]
-            if len(nodes) - sum(len(v) for v in by.values()):
-                parts.append(f"[dim]· {len(nodes) - sum(len(v) for v in by.values())}[/]")
+            if missing := len(nodes) - sum(len(v) for v in by.values()):  # not run there
+                parts.append(f"[dim]· {missing}[/]")
             t.add_row(c, "  ".join(parts))
     console.print(t)
     for status, label in (("fail", "[bold red]FAIL[/]"), ("warn", "[yellow]warn[/]")):

@@ -66,6 +66,11 @@ class World:
     # channel: the `runtime` script asks the CLI), "off" (no API: the gather asks the CLI)
     api: str = "api"
 
+    def execs(self) -> dict[str, int]:
+        """How many execs each node ran (every script run on it counts)."""
+        return {n: sum(1 for h, what in self.events if h == n and what.endswith("starts"))
+                for n in NODES}
+
     def manifest(self, n: str) -> str:
         """The manifest script's output for the node's model directory."""
         if self.model_bytes[n] is None:
@@ -335,8 +340,7 @@ def test_up_path_without_inventory_ips_uses_the_plans_ips_in_one_round_trip(tmp_
     fleet = dep.plan({n: NodeNet("eth0", ip_of(i)) for i, n in enumerate(NODES)})
     rep = asyncio.run(run_checks(s, fleet, frozenset()))
     assert not rep.failed and rep.get("h1", "ports.reachable").status == "pass"  # type: ignore[union-attr]
-    execs = {n: sum(1 for h, what in world.events if h == n and what.endswith("starts"))
-             for n in NODES}
+    execs = world.execs()
     assert execs == {n: 1 for n in NODES}
 
 
@@ -363,8 +367,7 @@ def test_nodes_run_concurrently_in_one_round_trip_or_two(tmp_path, ips):
     # the gather (the model's manifest one of its sections), the runtime's API beside it and
     # the cross ops: in the gather's exec when every IP is in the plan, else in a second one
     assert all(v == ["cross", "gather", "look"] for v in per_node.values()), per_node
-    execs = {n: sum(1 for h, what in world.events if h == n and what.endswith("starts"))
-             for n in NODES}
+    execs = world.execs()
     assert execs == {n: 1 if ips else 2 for n in NODES}
     assert all(a[4] for _, k, a in world.calls if k == "gather")
     assert took < 1.5, f"{took:.2f}s: nodes were checked one after the other"
@@ -441,8 +444,7 @@ def test_missing_nic_fails_only_that_node(tmp_path):
     assert rep.get("h1", "net.ping").status == "pass"  # type: ignore[union-attr]
     # the cross ops ran in the gather's exec with h1's inventory IP; made again from the facts
     # (no IP resolved for h1: nobody pings it) they differ, so round 2 ran with those
-    execs = {n: sum(1 for h, what in world.events if h == n and what.endswith("starts"))
-             for n in NODES}
+    execs = world.execs()
     assert execs == {"h0": 2, "h1": 2, "h2": 2}
     last = {n: [a for h, k, a in world.calls if h == n and k == "cross"][-1] for n in NODES}
     assert ip_of(1) not in last["h0"] and ip_of(1) in [a for h, k, a in world.calls
