@@ -5,8 +5,9 @@ set -euo pipefail
 
 # iputils-ping: the lab hosts share this machine's /usr, and a server has ping; without it
 # orch check's net.ping falls back to a TCP connect to each peer's sshd (a fork there per probe)
+# tini: the init of each podman lab host's PID namespace (reaps what daemonizes there)
 PKGS=(openssh-server podman runc docker.io debootstrap iproute2 iptables uidmap util-linux
-      ca-certificates curl rsync iputils-ping)
+      ca-certificates curl rsync iputils-ping tini)
 LOG="${ORCH_LAB_APT_LOG:-/tmp/orch-lab-apt.log}"
 start=$SECONDS
 say() { printf '[install-lab-deps %3ds] %s\n' "$((SECONDS - start))" "$*"; }
@@ -40,7 +41,7 @@ fi
 # The distribution's sshd service would listen on 0.0.0.0:22 of the root namespace; the lab
 # starts its own sshd per host and does not need it. Leave the service as the admin set it.
 mkdir -p /run/sshd
-for b in sshd podman runc dockerd debootstrap nsenter iptables ip rsync ping; do
+for b in sshd podman runc dockerd debootstrap nsenter iptables ip rsync ping tini; do
   command -v "$b" >/dev/null || [[ -x /usr/sbin/$b ]] || { echo "missing after install: $b" >&2; exit 1; }
 done
 say "done: $(podman --version 2>/dev/null), $(dockerd --version 2>/dev/null | cut -d, -f1)"

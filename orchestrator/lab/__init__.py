@@ -42,7 +42,7 @@ def missing_deps(runtime: str) -> list[str]:
     if not (image.cache_dir() / ".stage-fixups").exists():
         need.append("debootstrap")
     if runtime == "podman":
-        need += ["podman", "runc"]
+        need += ["podman", "runc", "tini"]
     else:
         need += ["docker"]
         paths += ["/usr/sbin/dockerd"]
@@ -176,6 +176,8 @@ class Lab:
                 R.write_podman_confs(host)
                 binds += R.podman_binds(host)
             H.create_mntns(state, host, binds)
+            if podman:  # docker: the containers are dockerd's, in the machine's PID space
+                H.create_pidns(state, host)
             fakes.write_tools(host.bin_dir, None, host_index=i, all_indices=list(range(n)))
             if state.runtime == "docker":
                 R.write_docker_wrapper(host)
@@ -189,7 +191,7 @@ class Lab:
             ok = ok and all(R.pause_running(h) for h in state.hosts)
         if state.runtime == "podman":  # each host its own storage and API service
             ok = ok and not state.podman_service_pid and all(
-                h.storage_conf.exists() and R.socket_answers(str(h.podman_socket))
+                h.pid_ns and h.storage_conf.exists() and R.socket_answers(str(h.podman_socket))
                 for h in state.hosts)
         return ok and len(state.hosts) == state.n_hosts
 

@@ -1,5 +1,6 @@
 """Lab hosts: a bridge; per host a network namespace + veth, a mount namespace with its
-private dirs, an sshd running in both; the client key.
+private dirs, (podman) a PID namespace with its own /proc and /dev/shm, an sshd running in
+them; the client key.
 
 Each creation is recorded in the LabState (and saved) right after it succeeds, so a failure
 half-way leaves a lab.json from which `down` removes exactly what exists.
@@ -8,6 +9,7 @@ half-way leaves a lab.json from which `down` removes exactly what exists.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -60,6 +62,8 @@ def ns_argv(host: LabHost, argv: list[str], *, wd: str | None = None) -> list[st
         pre.append(f"--mount={host.mnt_ns}")
         if wd:  # nsenter --mount starts in / otherwise
             pre.append(f"--wd={wd}")
+    if host.pid_ns:  # the host's /proc shows its PID namespace: enter both (nsenter forks)
+        pre.append(f"--pid={host.pid_ns}")
     return [*pre, f"--net=/run/netns/{host.netns}", *argv]
 
 
@@ -140,6 +144,89 @@ def create_mntns(state: LabState, host: LabHost, binds: list[tuple[str, str, boo
     for src, dst, ro in binds:
         Path(src).mkdir(parents=True, exist_ok=True)
         run([*ns, "mount", "--bind", *(["-o", "ro"] if ro else []), src, dst])
+
+
+TINI = "tini"
+
+
+def create_pidns(state: LabState, host: LabHost) -> None:
+    """The host's own PID namespace, as a real host has its own process table: its /proc
+    (mounted in its mount namespace) and its /dev/shm (a tmpfs of the machine's size) show
+    only what runs on it.  On the machine's one, every host's process scan (orch check's
+    procs, `ss -p`, fuser) would read all hosts' processes, and a segment held on one host
+    would look free to the others.  Its init is tini (reaps orphans, e.g. daemonized sshd
+    and podman), under `unshare --kill-child`: stopping that unshare by PID ends every
+    process in the namespace.  Call after create_mntns (its bind mounts need the machine's
+    /proc); from then on enter the host with ns_argv (--pid too)."""
+    nsfile = mntns_dir() / f"{host.name}.pidns"
+    nsfile.touch()
+    host.pid_ns = str(nsfile)
+    state.save()
+    log = Path(host.dir) / "init.log"
+    out = run(["sh", "-c", 'setsid unshare "--pid=$2" --fork --kill-child "$3" -- sleep infinity '
+               '>>"$1" 2>&1 </dev/null & echo $!', "sh", str(log), str(nsfile),
+               shutil.which(TINI) or TINI])
+    host.pidns_pid = int(out.stdout.strip())
+    state.save()
+    deadline = time.monotonic() + 10
+    while not mounts_under(nsfile):  # unshare binds the file once its child runs
+        if not pid_alive(host.pidns_pid) or time.monotonic() > deadline:
+            raise LabError(f"unshare --pid for {host.name} did not start; see {log}")
+        time.sleep(0.02)
+    shm_kib = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize // 1024
+    ns = ["nsenter", f"--mount={host.mnt_ns}", f"--pid={nsfile}"]
+    run([*ns, "mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/proc"])
+    run([*ns, "mount", "-t", "tmpfs", "-o", f"nosuid,nodev,mode=1777,size={shm_kib}k",
+         "tmpfs", "/dev/shm"])
+
+
+def outer_pid(host: LabHost, inner: int) -> int | None:
+    """The machine's PID of the process that is PID `inner` in the host's PID namespace
+    (a pid file or `echo $!` on the host gives the inner one); None if none is."""
+    if not host.pid_ns:
+        return inner
+    try:
+        ino = os.stat(host.pid_ns).st_ino
+    except OSError:
+        return None
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{d}/ns/pid").st_ino != ino:
+                continue
+            for ln in Path(f"/proc/{d}/status").read_text().splitlines():
+                if ln.startswith("NSpid:") and int(ln.split()[-1]) == inner:
+                    return int(d)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def pidns_ok(host: LabHost) -> bool:
+    """No PID namespace (docker hosts), or its init runs and its file is bound."""
+    if not host.pid_ns:
+        return True
+    return pid_alive(host.pidns_pid) and bool(mounts_under(Path(host.pid_ns)))
+
+
+def remove_pidns(host: LabHost) -> list[str]:
+    """Stop the namespace's init (by the PID of the unshare that holds it: every process
+    left in the namespace goes with it), unbind its file. Returns problems."""
+    problems = []
+    if host.pidns_pid and not stop_pid(host.pidns_pid, expect_in_cmdline="unshare", timeout=10):
+        problems.append(f"init {host.pidns_pid} of {host.name}'s PID namespace did not exit")
+    host.pidns_pid = None
+    if host.pid_ns:
+        nsfile = Path(host.pid_ns)
+        for mp in mounts_under(nsfile):
+            cp = run(["umount", mp], check=False)
+            if cp.returncode != 0:
+                problems.append(f"umount {mp}: {cp.stderr.strip()}")
+        if not mounts_under(nsfile):
+            nsfile.unlink(missing_ok=True)
+            host.pid_ns = None
+    return problems
 
 
 def host_binds(host: LabHost) -> list[tuple[str, str, bool]]:
@@ -275,7 +362,7 @@ def start_sshd(state: LabState, host: LabHost) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if pidfile.exists() and pidfile.read_text().strip():
-            host.sshd_pid = int(pidfile.read_text().strip())
+            host.sshd_pid = outer_pid(host, int(pidfile.read_text().strip()))  # PID ns: inner
             state.save()
             break
         time.sleep(0.05)
@@ -324,6 +411,7 @@ def remove_host(host: LabHost) -> list[str]:
     if host.sshd_pid and not stop_pid(host.sshd_pid, expect_in_cmdline=host.sshd_config.name):
         problems.append(f"sshd {host.sshd_pid} of {host.name} did not exit")
     host.sshd_pid = None
+    problems += remove_pidns(host)
     problems += remove_mntns(host)
     if Path(f"/run/netns/{host.netns}").exists():
         cp = run(["ip", "netns", "delete", host.netns], check=False)
@@ -352,6 +440,7 @@ def host_status(host: LabHost) -> dict[str, bool]:
     return {
         "netns_ok": Path(f"/run/netns/{host.netns}").exists(),
         "mntns_ok": mntns_ok(host),
+        "pidns_ok": pidns_ok(host),
         "nic_ok": host.nic in netns_links(host.netns),
         "sshd": pid_alive(host.sshd_pid),
         "ssh_port": wait_port(host.ip, 22, 0.5),

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._util import IMAGE_TAG, LabError, Progress, lab_dir, pid_alive, run, stop_pid, term_pid
-from .hosts import mntns_inode, netns_inode, ns_argv, session_vars
+from .hosts import mntns_inode, netns_inode, ns_argv, outer_pid, session_vars
 from .state import LabHost, LabState
 
 PAUSE_LABEL = "orch.lab.pause"
@@ -174,7 +174,7 @@ def start_podman_service(state: LabState, host: LabHost) -> None:
     out = run(ns_argv(host, ["sh", "-c", 'setsid podman system service --time=0 "unix://$2" '
                              '>>"$1" 2>&1 </dev/null & echo $!', "sh", str(log), PODMAN_SOCKET]),
               env=env)
-    host.podman_service_pid = int(out.stdout.strip())
+    host.podman_service_pid = outer_pid(host, int(out.stdout.strip()))  # PID ns: inner
     state.save()
 
 

@@ -38,6 +38,8 @@ class LabHost:
     mnt_ns: str | None = None           # bound mount-namespace file, once `unshare` made it
     podman_service_pid: int | None = None  # podman: this host's API service (in its ns)
     image_hidden: bool = False          # podman: the shared image store is hidden here
+    pid_ns: str | None = None           # podman: bound PID-namespace file (create_pidns)
+    pidns_pid: int | None = None        # podman: the `unshare` holding that namespace's init
 
     @property
     def sshd_config(self) -> Path:

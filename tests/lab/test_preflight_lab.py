@@ -95,24 +95,24 @@ def test_nic_missing_on_h1(lab, tmp_path):
 
 
 def test_rpc_port_taken_on_head(lab, tmp_path):
-    h0 = lab.host("h0")
-    code = ("import socket,time; s=socket.socket(); "
+    # a listener started on h0 (its PID as h0 sees it: podman hosts have their own PID
+    # namespace); it ends when its stdin closes
+    code = ("import os,socket,sys; s=socket.socket(); "
             "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
             f"s.bind(('0.0.0.0',{RPC})); s.listen(1); "
-            "print('up', flush=True); time.sleep(120)")
-    p = subprocess.Popen(["nsenter", f"--net=/run/netns/{h0.netns}", sys.executable, "-c", code],
-                         stdout=subprocess.PIPE, text=True)
+            "print('up', os.getpid(), flush=True); sys.stdin.read()")
+    p = subprocess.Popen(lab_ns_argv(lab, "h0", [sys.executable, "-c", code]),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert p.stdout is not None and p.stdout.readline().strip() == "up"
+        assert p.stdout is not None
+        up, pid = p.stdout.readline().split()
+        assert up == "up"
         rep = check(write(lab, tmp_path, "pf-port"))
         assert fails(rep) == {("h0", "ports.free")}
         assert str(RPC) in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
-        assert f"pid {p.pid}" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
+        assert f"pid {pid}" in rep.get("h0", "ports.free").reason  # type: ignore[union-attr]
     finally:
-        p.kill()
-        p.wait(timeout=10)
-        if p.stdout is not None:
-            p.stdout.close()
+        p.communicate(input="", timeout=30)
 
 
 def test_rpc_port_blocked_on_head(lab, tmp_path):
@@ -192,10 +192,14 @@ def test_ascend_fault_on_h1(npu_lab, tmp_path, fault, check_name):
 
 
 def test_clean_stale_removes_only_old_unheld_segments(lab, tmp_path):
-    shm = Path("/dev/shm")
+    # h0's /dev/shm (podman hosts have their own, as a real host does), seen from the machine
+    # through its sshd's root; the segment is held by a process on h0, which is what h0's
+    # preflight can see (on podman hosts only h0's own processes are)
+    h0 = lab.host("h0")
+    shm = Path(f"/proc/{h0.sshd_pid}/root/dev/shm")
     theirs = [p for p in shm.glob("psm_*")] + [p for p in shm.glob("vllm-*")]
     if theirs:
-        pytest.skip(f"/dev/shm already has segments this test did not make: {theirs[:3]}")
+        pytest.skip(f"h0's /dev/shm already has segments this test did not make: {theirs[:3]}")
     old, held, young = (shm / f"psm_orchtest_{os.getpid()}_{k}" for k in ("old", "held", "young"))
     for p in (old, held, young):
         p.write_bytes(b"\0" * 4096)
@@ -203,23 +207,34 @@ def test_clean_stale_removes_only_old_unheld_segments(lab, tmp_path):
     os.utime(old, (past, past))
     os.utime(held, (past, past))
     inv = write(lab, tmp_path, "pf-clean")
+    holder = subprocess.Popen(  # holds the segment open until its stdin closes
+        lab_ns_argv(lab, "h0", ["sh", "-c", 'exec 3<"$1"; echo holding; read -r _',
+                                "sh", f"/dev/shm/{held.name}"]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        with held.open("rb"):
-            rep = check(inv)
-            r = rep.get("h0", "stale.shm")
-            assert r.status == "warn" and old.name in r.reason and held.name not in r.reason  # type: ignore[union-attr]
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        rep = check(inv)
+        r = rep.get("h0", "stale.shm")
+        assert r.status == "warn" and old.name in r.reason and held.name not in r.reason  # type: ignore[union-attr]
 
-            async def go() -> dict[str, list[str]]:
-                dep = Deployment.load(inv)
-                s = await open_session(dep)
-                try:
-                    return await clean_stale(s, dep.plan())
-                finally:
-                    s.close()
+        async def go() -> dict[str, list[str]]:
+            dep = Deployment.load(inv)
+            s = await open_session(dep)
+            try:
+                return await clean_stale(s, dep.plan())
+            finally:
+                s.close()
 
-            removed = asyncio.run(go())
-        assert sorted(p for v in removed.values() for p in v) == [str(old)]
+        removed = asyncio.run(go())
+        assert sorted(p for v in removed.values() for p in v) == [f"/dev/shm/{old.name}"]
         assert not old.exists() and held.exists() and young.exists()
     finally:
+        holder.communicate(input="", timeout=30)
         for p in (old, held, young):
             p.unlink(missing_ok=True)
+
+
+def lab_ns_argv(lab, host: str, argv: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    from orchestrator.lab.hosts import ns_argv
+
+    return ns_argv(lab.host(host), argv)
