@@ -62,6 +62,35 @@ def test_private_dirs_are_per_host(lab, private: str) -> None:
             (lab.private_dir(h, private) / name).unlink(missing_ok=True)
 
 
+def test_podman_hosts_have_their_own_processes_and_shm(lab) -> None:
+    """A process started on h1 is in h1's /proc (under h1's PID), not in h0's; each host's
+    /dev/shm is its own; the PIDs lab.json records are the machine's."""
+    only_podman(lab)
+    tag = uuid.uuid4().hex[:12]
+    r = ssh(lab, "h1", f"bash --norc -c 'exec -a iso-{tag} sleep 60' </dev/null >/dev/null 2>&1 & echo $!; "
+                       f"echo {tag} > /dev/shm/iso-{tag}")
+    assert r.returncode == 0, r.stderr
+    inner = int(r.stdout.split()[0])
+    from orchestrator.lab.hosts import outer_pid
+
+    outer = outer_pid(lab.host("h1"), inner)
+    try:
+        assert outer is not None and outer != inner
+        assert f"iso-{tag}" in Path(f"/proc/{outer}/cmdline").read_bytes().decode()
+        seen = ssh(lab, "h1", f"cat /proc/{inner}/cmdline; echo; ls /proc | grep -c '^[0-9]'")
+        assert f"iso-{tag}" in seen.stdout, seen.stdout
+        assert int(seen.stdout.split()[-1]) < 50, seen.stdout  # the host's few, not the machine's
+        assert f"iso-{tag}" not in ssh(lab, "h0", "cat /proc/[0-9]*/cmdline").stdout
+        assert ssh(lab, "h1", f"cat /dev/shm/iso-{tag}").stdout.strip() == tag
+        assert ssh(lab, "h0", f"test -e /dev/shm/iso-{tag}; echo $?").stdout.strip() == "1"
+        assert not Path(f"/dev/shm/iso-{tag}").exists()
+        for h in lab.hosts:  # machine PIDs, in the host's PID namespace
+            assert os.stat(f"/proc/{h.sshd_pid}/ns/pid").st_ino == os.stat(h.pid_ns).st_ino
+            assert "sshd" in Path(f"/proc/{h.sshd_pid}/cmdline").read_bytes().decode()
+    finally:
+        ssh(lab, "h1", f"kill {inner}; rm -f /dev/shm/iso-{tag}")
+
+
 def test_podman_hosts_keep_their_locks_and_state_apart(lab) -> None:
     """No podman state is shared between hosts: file locks and engine state under each
     host's own run dir, not the machine's /dev/shm/libpod_lock or /run/libpod."""
