@@ -99,9 +99,12 @@ class Response:
     body: bytes
 
 
-def ping_version(headers: Mapping[str, str]) -> str:
-    """The engine version in a `/_ping` answer's headers ("" when it names none)."""
-    m = re.match(r"\s*[\w.-]+/(\S+)", headers.get("server", ""))
+def ping_version(headers: Mapping[str, str], *, engines_only: bool = False) -> str:
+    """The engine version in a `/_ping` answer's headers ("" when it names none).  With
+    `engines_only`, for the answers to other requests: only a `Server` that names docker or
+    podman counts (any HTTP server sends one, e.g. `BaseHTTP/0.6`)."""
+    product = r"(?:docker|libpod)" if engines_only else r"[\w.-]+"
+    m = re.match(rf"\s*{product}/(\S+)", headers.get("server", ""), re.IGNORECASE)
     if m:
         return m[1]
     return headers.get("libpod-api-version", "").strip()
@@ -130,8 +133,10 @@ class RuntimeApi:
                                           f"{type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _json(self, path: str) -> Any:
+    async def _json(self, path: str, seen: list[Response] | None = None) -> Any:
         r = await self._get(path)
+        if seen is not None:
+            seen.append(r)
         try:
             return json.loads(r.body)
         except ValueError as exc:
@@ -170,21 +175,27 @@ class RuntimeApi:
 
     async def image_id(self, ref: str) -> str | None:
         """The local image's ID (`sha256:...`), None when the node does not have it."""
+        return (await self._image(ref))[0]
+
+    async def _image(self, ref: str) -> tuple[str | None, Response]:
         r = await self._get(f"/images/{urllib.parse.quote(ref, safe='/:@')}/json", ok=(200, 404))
         if r.status == 404:
-            return None
+            return None, r
         try:
             iid = json.loads(r.body).get("Id")
         except (ValueError, AttributeError) as exc:
             raise RuntimeApiError(self.host.name, f"{self.socket}: image {ref}: not JSON") from exc
         if not isinstance(iid, str) or not iid:
             raise RuntimeApiError(self.host.name, f"{self.socket}: image {ref}: no Id in the answer")
-        return iid
+        return iid, r
 
-    async def inspect_all(self, deployment: str | None, node: str | None) -> list[dict[str, Any]]:
+    async def inspect_all(self, deployment: str | None, node: str | None,
+                          seen: list[Response] | None = None) -> list[dict[str, Any]]:
         """`inspect` of every container labelled with this deployment (any deployment when
-        None) and node: the same objects `docker inspect` / `podman inspect` print."""
-        listed = await self._json(f"/containers/json?all=1&filters={_filters(deployment, node)}")
+        None) and node: the same objects `docker inspect` / `podman inspect` print.  The list's
+        answer is appended to `seen` (its headers name the engine's version)."""
+        listed = await self._json(f"/containers/json?all=1&filters={_filters(deployment, node)}",
+                                  seen)
         out = []
         for c in listed:
             try:
@@ -197,21 +208,29 @@ class RuntimeApi:
     async def look(self, image: str) -> Look:
         """What the preflight asks the runtime: its version, the image's ID, every orch
         container (any deployment).  Raises ApiUnavailable when the socket cannot be reached
-        (then nothing was learnt: use the CLI); an error of one question is kept in its field."""
-        try:
-            version: str | RuntimeApiError = await self.version()
-        except RuntimeApiError as exc:
-            return Look(exc, exc, exc)
+        (then nothing was learnt: use the CLI); an error of one question is kept in its field.
+        Two requests: docker and podman name their version in every answer's `Server`
+        header, so `/_ping` is asked only when neither answer named one (a foreign API that
+        answers 404 is told apart there, or by the containers list)."""
+        seen: list[Response] = []
         iid: str | None | RuntimeApiError
         cs: list[dict[str, Any]] | RuntimeApiError
         try:
-            iid = await self.image_id(image)
+            iid, r = await self._image(image)
+            seen.append(r)
         except RuntimeApiError as exc:
             iid = exc
         try:
-            cs = await self.inspect_all(None, None)
+            cs = await self.inspect_all(None, None, seen)
         except RuntimeApiError as exc:
             cs = exc
+        version: str | RuntimeApiError = next(
+            (v for v in (ping_version(r.headers, engines_only=True) for r in seen) if v), "")
+        if not version:
+            try:
+                version = await self.version()
+            except RuntimeApiError as exc:
+                return Look(exc, exc, exc)
         return Look(version, iid, cs)
 
     async def aclose(self) -> None:

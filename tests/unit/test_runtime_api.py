@@ -36,6 +36,7 @@ class Engine:
         self.ping_headers = {"Server": "Libpod/4.3.1 (linux)", "Libpod-Api-Version": "4.3.1",
                              "Api-Version": "1.41"}
         self.ping_status = 200
+        self.version_everywhere = True  # docker and podman: the version headers on every answer
         self.images: dict[str, str] = {}  # reference -> ID
 
 
@@ -65,6 +66,8 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for k, v in engine.ping_headers.items() if engine.version_everywhere else ():
+                self.send_header(k, v)
             if engine.close_after_each:
                 self.send_header("Connection", "close")
                 self.close_connection = True
@@ -255,11 +258,26 @@ def test_look_answers_version_image_and_containers_on_one_connection(engine) -> 
     assert look.image_id == "sha256:" + "ab" * 32
     assert sorted(c["Id"] for c in look.containers) == ["a1", "b2"]  # any orch deployment
     assert host.opened == 1 and e.connections == 1
-    assert e.requests[:2] == ["/_ping", "/images/quay.io/ascend/vllm-ascend:v0.11.0rc0/json"]
+    # the version from the answers' headers: no /_ping
+    assert e.requests[:2] == ["/images/quay.io/ascend/vllm-ascend:v0.11.0rc0/json",
+                              e.requests[1]] and e.requests[1].startswith("/containers/json?")
+    assert "/_ping" not in e.requests
     # docker names its version in `Server` too; an image the node lacks is None, not an error
     e.ping_headers = {"Server": "Docker/27.3.1 (linux)", "Api-Version": "1.47"}
     look = look_once(LocalHost(), path, "img:gone")
     assert (look.version, look.image_id) == ("27.3.1", None)
+
+
+def test_look_asks_ping_when_no_answer_names_the_version(engine) -> None:
+    e, path = engine
+    e.version_everywhere = False
+    look = look_once(LocalHost(), path, "img:gone")
+    assert (look.version, look.image_id, look.containers) == ("4.3.1", None, [])
+    assert e.requests[-1] == "/_ping" and len(e.requests) == 3
+    e.list_status = 500  # the image's answer names it: the list's error stays in its field
+    e.version_everywhere = True
+    look = look_once(LocalHost(), path, "img:gone")
+    assert look.version == "4.3.1" and isinstance(look.containers, RuntimeApiError)
 
 
 def test_look_keeps_each_error_in_its_answer_and_a_foreign_socket_means_the_cli(engine) -> None:
@@ -268,6 +286,8 @@ def test_look_keeps_each_error_in_its_answer_and_a_foreign_socket_means_the_cli(
     look = look_once(LocalHost(), path, "img:gone")
     assert look.version == "4.3.1" and look.image_id is None
     assert isinstance(look.containers, RuntimeApiError) and "HTTP 500" in str(look.containers)
+    e.version_everywhere = False  # a foreign API: no version in its answers, 404 to /_ping
+    e.list_status = 200
     e.ping_status = 404
     with pytest.raises(ApiUnavailable, match="not a docker-compatible API"):
         look_once(LocalHost(), path, "img:gone")
@@ -279,3 +299,6 @@ def test_version_from_ping_headers() -> None:
     assert ping_version({"server": "Libpod/5.2.0 (linux)"}) == "5.2.0"
     assert ping_version({"libpod-api-version": "4.3.1"}) == "4.3.1"
     assert ping_version({"api-version": "1.41"}) == ""  # an API version is not the engine's
+    # other answers: only docker's or podman's own Server header names the engine
+    assert ping_version({"server": "Docker/27.3.1 (linux)"}, engines_only=True) == "27.3.1"
+    assert ping_version({"server": "BaseHTTP/0.6 Python/3.11"}, engines_only=True) == ""
