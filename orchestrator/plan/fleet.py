@@ -74,7 +74,8 @@ def plan_fleet(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, N
         raise TopologyError("a fleet (replicas: or groups:) needs a router: section (vllm-router "
                             "in front of the replicas); `router: {}` takes the defaults")
     router_node = next(n for n in inv.nodes if n.name == (r.node or inv.nodes[0].name))
-    _, resolved, _ = resolve_nets(inv.model_copy(update={"nodes": [router_node], "head": None}), nets)
+    _, resolved, r_unresolved = resolve_nets(inv.model_copy(update={"nodes": [router_node], "head": None}),
+                                             nets)
     net = resolved[0]
     taken = {p.number for spec in [s for g in groups for s in g.nodes] if spec.name == router_node.name
              for p in spec.listens}
@@ -89,7 +90,7 @@ def plan_fleet(inv: Inventory, pb: Playbook, prof: Profile, nets: Mapping[str, N
     warnings = api_warnings(r.host, {}, inv)
     if len(groups) == 1:
         warnings.append("one replica behind the router: replacing it leaves nothing serving")
-    return Fleet(inv.deployment, groups, router, warnings)
+    return Fleet(inv.deployment, groups, router, warnings, r_unresolved)
 
 
 __all__ = ["plan_fleet", "router_argv", "router_metrics_port"]

@@ -186,6 +186,8 @@ class Fleet:
     groups: list[Plan]
     router: NodeSpec | None = None
     warnings: list[str] = field(default_factory=list)
+    router_unresolved: list[str] = field(default_factory=list)  # the router's node, when its
+    # NIC/IP is a placeholder (a router-only node is in no group's `unresolved`)
 
     @property
     def is_fleet(self) -> bool:
@@ -210,7 +212,8 @@ class Fleet:
 
     @property
     def unresolved(self) -> list[str]:
-        return list(dict.fromkeys(u for g in self.groups for u in g.unresolved))
+        return list(dict.fromkeys([*(u for g in self.groups for u in g.unresolved),
+                                   *self.router_unresolved]))
 
     def node_names(self) -> list[str]:
         return list(dict.fromkeys(n.name for n in self.nodes))

@@ -67,6 +67,16 @@ def test_groups_name_the_nodes_and_leave_one_for_the_router() -> None:
     assert f.router is not None and f.router.name == "h0" and f.api_url == "http://10.77.0.11:9000"
 
 
+def test_a_router_only_node_without_nic_and_ip_is_unresolved_until_facts_name_them() -> None:
+    p = config.load_playbook(SINGLE)
+    inv = inventory(SINGLE, 3, groups=[["h1"], ["h2"]], router={"node": "h0"})
+    bare = inv.model_copy(update={"nodes": [inv.nodes[0].model_copy(update={"nic": None, "ip": None}),
+                                            *inv.nodes[1:]]})
+    f = fleet_plan(bare, p, config.load_profile(p.profile, SINGLE))
+    assert f.unresolved == ["h0"]  # in no group: only the router's own planning knows it
+    assert fleet(SINGLE, 3, groups=[["h1"], ["h2"]], router={"node": "h0"}).unresolved == []
+
+
 @pytest.mark.parametrize(("kw", "needle"), [
     ({"replicas": 3, "router": {}}, "do not split into 3 equal replicas"),
     ({"replicas": 2, "groups": [["h0"]], "router": {}}, "not both"),
