@@ -196,6 +196,16 @@ def mounts_under(path: Path) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def umount_all(path: Path) -> list[str]:
+    """Unmount everything at or below `path` (deepest first). Returns problems."""
+    problems = []
+    for mp in mounts_under(path):
+        cp = run(["umount", mp], check=False)
+        if cp.returncode != 0:
+            problems.append(f"umount {mp}: {cp.stderr.strip()}")
+    return problems
+
+
 def umount_under(path: Path) -> None:
     for mp in mounts_under(path):
         run(["umount", "-l", mp], check=False)

@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from ._util import LabError, child_pids, lab_dir, mounts_under, pid_alive, pid_cmdline, run, stop_pid
+from ._util import LabError, child_pids, lab_dir, mounts_under, pid_alive, pid_cmdline, run, stop_pid, umount_all
 from .state import BRIDGE, BRIDGE_IP, FORWARD_RULE, PRIVATE_DIRS, LabHost, LabState
 
 SSHD = "/usr/sbin/sshd"
@@ -173,7 +173,8 @@ def create_pidns(state: LabState, host: LabHost) -> None:
         if not pid_alive(host.pidns_pid) or time.monotonic() > deadline:
             raise LabError(f"unshare --pid for {host.name} did not start; see {log}")
         time.sleep(0.02)
-    shm_kib = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize // 1024
+    shm = os.statvfs("/dev/shm")
+    shm_kib = shm.f_blocks * shm.f_frsize // 1024
     ns = ["nsenter", f"--mount={host.mnt_ns}", f"--pid={nsfile}"]
     run([*ns, "mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/proc"])
     run([*ns, "mount", "-t", "tmpfs", "-o", f"nosuid,nodev,mode=1777,size={shm_kib}k",
@@ -218,15 +219,21 @@ def remove_pidns(host: LabHost) -> list[str]:
         problems.append(f"init {host.pidns_pid} of {host.name}'s PID namespace did not exit")
     host.pidns_pid = None
     if host.pid_ns:
-        nsfile = Path(host.pid_ns)
-        for mp in mounts_under(nsfile):
-            cp = run(["umount", mp], check=False)
-            if cp.returncode != 0:
-                problems.append(f"umount {mp}: {cp.stderr.strip()}")
-        if not mounts_under(nsfile):
-            nsfile.unlink(missing_ok=True)
+        more, released = release_ns_file(Path(host.pid_ns))
+        problems += more
+        if released:
             host.pid_ns = None
     return problems
+
+
+def release_ns_file(nsfile: Path) -> tuple[list[str], bool]:
+    """Unbind a namespace file (the namespace goes once nothing else holds it) and remove
+    it. Returns (problems, whether it was released); it stays while a mount is left."""
+    problems = umount_all(nsfile)
+    if mounts_under(nsfile):
+        return problems, False
+    nsfile.unlink(missing_ok=True)
+    return problems, True
 
 
 def host_binds(host: LabHost) -> list[tuple[str, str, bool]]:
@@ -284,12 +291,9 @@ def remove_mntns(host: LabHost) -> list[str]:
             if cmd and not stop_pid(pid, expect_in_cmdline=cmd, timeout=10):
                 problems.append(f"process {pid} ({cmd[:60]}) in {host.name}'s mount namespace "
                                 "did not exit")
-    for mp in mounts_under(nsfile):
-        cp = run(["umount", mp], check=False)
-        if cp.returncode != 0:
-            problems.append(f"umount {mp}: {cp.stderr.strip()}")
-    if not mounts_under(nsfile):
-        nsfile.unlink(missing_ok=True)
+    more, released = release_ns_file(nsfile)
+    problems += more
+    if released:
         host.mnt_ns = None
     return problems
 
@@ -299,10 +303,7 @@ def remove_mntns_dir(state: LabState) -> list[str]:
     problems = []
     if state.mntns_dir:
         d = Path(state.mntns_dir)
-        for mp in mounts_under(d):
-            cp = run(["umount", mp], check=False)
-            if cp.returncode != 0:
-                problems.append(f"umount {mp}: {cp.stderr.strip()}")
+        problems += umount_all(d)
         if not problems:
             try:
                 d.rmdir()
