@@ -302,7 +302,10 @@ reach() {  # ip: ping, else a TCP connect to port 22 (connected or refused = rea
   o=$(tcp_try "$1" 22 2); r=$?; echo "$o"
   [ $r -eq 0 ] || [ $r -eq 2 ]
 }
-listen() {  # port need deadline: accept until `need` distinct peers connected; once bound
+listen() {  # port need deadline: accept until `need` distinct peers connected (a connection
+  # that sends data is a client of the port, e.g. a router's health check of a replica being
+  # redeployed there, and is not counted: it would end the listener before orch's connect
+  # from the same node arrives, which then looks refused); once bound
   # (or failed to), `==== ready PORT ====` goes to fd 9, the script's stdout: orch starts
   # the peers' connects when it reads that
   if have python3; then
@@ -325,13 +328,17 @@ ready()
 seen, end = set(), time.monotonic() + deadline
 while len(seen) < need and time.monotonic() < end:
     if select.select([s], [], [], 0.2)[0]:
-        c, a = s.accept(); seen.add(a[0]); print("accepted", a[0], flush=True)
+        c, a = s.accept()
         c.settimeout(1)
         try:
-            c.recv(1)  # the peer closes first: then no TIME_WAIT stays on this port
+            b = c.recv(1)  # the peer closes first: then no TIME_WAIT stays on this port
         except OSError:
-            pass
+            b = b""
         c.close()
+        if b:  # a preflight connect sends nothing: this is a client of the port (a health check)
+            print("ignored", a[0], "(it sent data: not a preflight connect)", flush=True)
+        else:
+            seen.add(a[0]); print("accepted", a[0], flush=True)
 ' "$1" "$2" "$3"
   elif have perl; then
     perl -MIO::Socket::INET -MIO::Select -e '
@@ -343,9 +350,10 @@ print "bound perl\n";
 ready();
 my %seen; my $end = time + $dl; my $sel = IO::Select->new($s);
 while (keys(%seen) < $need && time < $end) {
-  if ($sel->can_read(0.2)) { my $c = $s->accept or next; my $h = $c->peerhost;
-    $seen{$h} = 1; print "accepted $h\n";
-    my $r = IO::Select->new($c); if ($r->can_read(1)) { my $b; sysread($c, $b, 1) } close $c; } }
+  if ($sel->can_read(0.2)) { my $c = $s->accept or next; my $h = $c->peerhost; my $b = "";
+    my $r = IO::Select->new($c); if ($r->can_read(1)) { sysread($c, $b, 1) } close $c;
+    if (length $b) { print "ignored $h (it sent data: not a preflight connect)\n" }
+    else { $seen{$h} = 1; print "accepted $h\n" } } }
 ' "$1" "$2" "$3"
   else echo "==== ready $1 ====
 ==== rc 0 ====" >&9; echo "no tool: neither python3 nor perl to open a test listener"; return 4; fi

@@ -3,6 +3,7 @@ scripts run for real (locally, with fake tools on PATH)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -429,6 +430,44 @@ def test_cross_script_perl_listener_when_no_python(tmp_path):
     out, _ = p.communicate(timeout=30)
     assert out.startswith(f"==== ready {port} ====\n")
     assert parse_cross(out).listens[port][0] == "bound perl"
+    assert parse_cross(c.stdout).connects[("127.0.0.1", port)] == "connected"
+
+
+@pytest.mark.parametrize("tool", ["python3", "perl"])
+def test_a_listener_does_not_count_a_client_that_sends_data(tmp_path, tool):
+    """A router health-checking a replica being redeployed hits orch's test listener on the
+    replica's port from the node orch connects from: counted, it ended the listener, and
+    orch's own connect was then refused (a fleet redeploy's preflight failed)."""
+    if not (shutil.which(tool) and shutil.which("bash") and shutil.which("timeout")):
+        pytest.skip(f"needs {tool}, bash, timeout")
+    env = None
+    if tool == "perl":  # no python3 on the PATH: the perl listener
+        b = tmp_path / "bin"
+        b.mkdir()
+        for t in ("perl", "sh", "sleep", "date", "cat", "rm", "mktemp", "printf", "timeout", "bash"):
+            if shutil.which(t):
+                (b / t).symlink_to(shutil.which(t))  # type: ignore[arg-type]
+        env = {"PATH": str(b)}
+    port = _free_port()
+    p = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
+                          *scripts.cross_args(listen=[(port, 1)])],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout is not None
+    assert p.stdout.readline() == f"==== ready {port} ====\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+        probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        probe.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):  # closed unread: a reset
+            assert probe.recv(64) == b""
+    c = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
+                        *scripts.cross_args(connect=[("127.0.0.1", port)])],
+                       capture_output=True, text=True, timeout=30)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0
+    lines = parse_cross(out).listens[port]
+    assert lines[0] == f"bound {tool}"
+    assert lines[1:] == ["ignored 127.0.0.1 (it sent data: not a preflight connect)",
+                         "accepted 127.0.0.1"], lines
     assert parse_cross(c.stdout).connects[("127.0.0.1", port)] == "connected"
 
 
