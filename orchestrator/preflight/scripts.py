@@ -41,7 +41,9 @@ PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/usr/local/Ascend/dri
 export PATH
 have() { command -v "$1" >/dev/null 2>&1; }
 lim() { if have timeout; then timeout "$@"; else shift; "$@"; fi; }
-run() { key=$1; shift; echo "==== $key ===="; out=$("$@" 2>&1); rc=$?; printf '%s\n' "$out"; echo "==== rc $rc ===="; }
+# a section: its command in this shell (no subshell to capture it: a fork less per section),
+# then an empty line, so that the end mark starts a line even after output without a newline
+run() { key=$1; shift; echo "==== $key ===="; "$@" 2>&1; rc=$?; echo; echo "==== rc $rc ===="; }
 held() {
   if have fuser; then fuser -s "$1" 2>/dev/null; return; fi
   for p in /proc/[0-9]*; do
@@ -68,7 +70,7 @@ listeners() {  # `ss -p` reads every process's fds: only when a planned port is 
     printf '%%s\n' "$out"
   else echo "# /proc/net/tcp"; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi
 }
-manifest() { set -- "$MODEL" "$CDIR"; eval "$MSCRIPT" 2>/dev/null; }  # in run's subshell
+manifest() ( set -- "$MODEL" "$CDIR"; eval "$MSCRIPT" 2>/dev/null )  # its own subshell
 modelfacts() {
   case $MODEL in /*) ;; *) echo "not a path"; return 0 ;; esac
   [ -e "$MODEL" ] || { echo "missing"; return 1; }
