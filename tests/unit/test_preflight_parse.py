@@ -511,3 +511,16 @@ def test_clean_script_removes_only_old_unheld_segments(tmp_path):
     assert f"removed {old}" in out
     assert not old.exists() and young.exists() and held.exists()
     assert f"kept {held} (in use)" in out and f"kept {young} (younger than 60s)" in out
+
+
+def test_a_section_runs_in_the_scripts_shell_and_ends_on_a_line_of_its_own():
+    """`run` does not capture the command in a subshell (a fork per section): output without
+    a final newline still has its end mark on a line of its own, and the exit code is kept."""
+    from orchestrator.hw import split_probe_output
+
+    script = scripts._COMMON + "run a printf 'no newline'\nrun b sh -c 'echo x; exit 3'\nrun c true\n"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stdout
+    secs = split_probe_output(out)
+    assert (secs[("a",)].text.strip(), secs[("a",)].rc) == ("no newline", 0)
+    assert (secs[("b",)].text.strip(), secs[("b",)].rc) == ("x", 3)
+    assert (secs[("c",)].text.strip(), secs[("c",)].rc) == ("", 0)
