@@ -25,7 +25,7 @@
     +-- LabError                   (orchestrator.lab) the local lab could not be built/used
 
 Errors of the libraries underneath are translated in exactly one place each, with
-`raise ... from exc`: asyncssh in `remote.py` (SSH), httpx in `probe.py` (HTTP), httpcore in
+`raise ... from exc`: asyncssh in `remote.py` (SSH), httpx in `probe.py` (HTTP), h11 in
 `runtime_api.py` (the runtime's API over SSH), PyYAML and pydantic in `config.py` (input).
 """
 

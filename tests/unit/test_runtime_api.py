@@ -38,6 +38,7 @@ class Engine:
         self.ping_status = 200
         self.version_everywhere = True  # docker and podman: the version headers on every answer
         self.images: dict[str, str] = {}  # reference -> ID
+        self.chunked = False  # bodies in chunks (Go's server does so for larger answers)
 
 
 def inspect_obj(cid: str, labels: dict[str, str], status: str = "running") -> dict[str, Any]:
@@ -65,7 +66,13 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            if engine.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+                half = len(data) // 2
+                data = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (data[:half], data[half:]) if p)
+                data += b"0\r\n\r\n"
+            else:
+                self.send_header("Content-Length", str(len(data)))
             for k, v in engine.ping_headers.items() if engine.version_everywhere else ():
                 self.send_header(k, v)
             if engine.close_after_each:
@@ -302,3 +309,14 @@ def test_version_from_ping_headers() -> None:
     # other answers: only docker's or podman's own Server header names the engine
     assert ping_version({"server": "Docker/27.3.1 (linux)"}, engines_only=True) == "27.3.1"
     assert ping_version({"server": "BaseHTTP/0.6 Python/3.11"}, engines_only=True) == ""
+
+
+def test_chunked_answers_on_a_kept_connection(engine) -> None:
+    e, path = engine
+    e.chunked = True
+    e.images = {"img:1": "sha256:" + "cd" * 32}
+    e.containers = {"a1": inspect_obj("a1", labels("core", "n0"))}
+    host = LocalHost()
+    look = look_once(host, path, "img:1")
+    assert look.image_id == "sha256:" + "cd" * 32 and [c["Id"] for c in look.containers] == ["a1"]
+    assert host.opened == 1 and e.connections == 1 and len(e.requests) == 3  # image, list, inspect
