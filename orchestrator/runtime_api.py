@@ -42,8 +42,8 @@ def socket_path(runtime: str, configured: str | None) -> str | None:
 class _Conn:
     """One HTTP/1.1 connection to the runtime's socket over an SSH channel, kept for the next
     request while both sides allow it; h11 writes the requests and parses the answers.  (It
-    replaced httpcore's connection pool here: the pool's locks, cancel scopes and event-loop
-    lookups were half of orch's CPU for the runtime's answers when checking 64 nodes.)"""
+    replaced httpcore's connection pool here, whose locks, cancel scopes and event-loop
+    lookups made a look at 64 lab nodes cost 0.075 s of orch's CPU instead of 0.049 s.)"""
 
     def __init__(self, node: str, reader: Any, writer: Any) -> None:
         self.node, self._r, self._w = node, reader, writer

@@ -78,6 +78,10 @@ def split_probe_output(text: str) -> dict[tuple[str, ...], ProbeOutput]:
     key: tuple[str, ...] | None = None
     lines: list[str] = []
     for line in text.splitlines():
+        if not line.startswith("==== "):  # most lines: no marker to match
+            if key is not None:
+                lines.append(line)
+            continue
         end = _END.match(line)
         if end and key is not None:
             out[key] = ProbeOutput(_join(lines), int(end.group("rc")))
