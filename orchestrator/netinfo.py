@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import TopologyError
 from .inventory import Node
 from .plan import NodeNet
 
-# Fixed text, no inventory values: prints the SSH server address, IPv4 addresses, default route.
-FACTS_SCRIPT = (
-    'echo "ssh=$SSH_CONNECTION"; echo "==== addr"; ip -j -4 addr show; '
-    'echo "==== route"; ip -j -4 route show default 2>/dev/null || echo "[]"'
-)
+# Fixed text, no inventory values: prints the SSH server address, then the IPv4 addresses and
+# the default route from one `ip` (its batch mode: one JSON document per line, in order).
+FACTS_SCRIPT = """echo "ssh=$SSH_CONNECTION"; echo "==== addr route"
+ip -j -4 -force -batch - <<'ORCH_IP'
+addr show
+route show default
+ORCH_IP"""
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,20 @@ class NetFacts:
         return next((i for i in self.ifaces if ip in i.ipv4), None)
 
 
+def _addr_route(sections: dict[str, list[str]]) -> tuple[list[Any], list[Any]]:
+    """The addresses and the default route: FACTS_SCRIPT's `addr route` section (one JSON
+    document per line; an `ip` without -j prints none, and its message is the error), or the
+    `addr` and `route` sections of older orch versions."""
+    if "addr route" not in sections:
+        return (json.loads("\n".join(sections.get("addr", [])) or "[]"),
+                json.loads("\n".join(sections.get("route", [])) or "[]"))
+    lines = sections["addr route"]
+    docs = [ln for ln in lines if ln.startswith("[")]
+    if not docs and any(ln.strip() for ln in lines):
+        raise ValueError(" ".join(ln.strip() for ln in lines if ln.strip())[:200])
+    return (json.loads(docs[0]) if docs else [], json.loads(docs[1]) if len(docs) > 1 else [])
+
+
 def parse_facts(text: str) -> NetFacts:
     ssh_ip = None
     sections: dict[str, list[str]] = {"": []}
@@ -50,13 +67,12 @@ def parse_facts(text: str) -> NetFacts:
             sections[cur] = []
         else:
             sections.setdefault(cur, []).append(line)
-    addr = json.loads("\n".join(sections.get("addr", [])) or "[]")
+    addr, routes = _addr_route(sections)
     ifaces = []
     for i in addr:
         v4 = tuple(a["local"] for a in i.get("addr_info", []) if a.get("family") == "inet")
         up = "UP" in (i.get("flags") or []) or i.get("operstate") == "UP"
         ifaces.append(Iface(i.get("ifname", ""), up, v4))
-    routes = json.loads("\n".join(sections.get("route", [])) or "[]")
     dev = routes[0].get("dev") if routes else None
     return NetFacts(ssh_ip, tuple(ifaces), dev)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..hw import ProbeOutput, split_probe_output
 from ..netinfo import NetFacts, parse_facts
 from ..runtime import Container, Look, parse_inspect, parse_objects
+from .scripts import SIZED_BY_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,14 @@ def _text(sec: ProbeOutput | None) -> str:
     return sec.text.strip() if sec else ""
 
 
-def parse_gather(text: str, net_facts: str | None = None) -> NodeFacts:
-    """The gather script's output; `net_facts`: the node's network facts read before (the
-    script then had no `net` section)."""
-    secs = {" ".join(k): v for k, v in split_probe_output(text).items()}
+Sections = dict[tuple[str, ...], ProbeOutput]  # a script's output split (hw.split_probe_output)
+
+
+def parse_gather(text: str | Sections, net_facts: str | None = None) -> NodeFacts:
+    """The gather script's output (or its sections, split once for gather and cross ops);
+    `net_facts`: the node's network facts read before (the script then had no `net` section)."""
+    split = split_probe_output(text) if isinstance(text, str) else text
+    secs = {" ".join(k): v for k, v in split.items()}
     if net_facts is not None:
         secs["net"] = ProbeOutput(net_facts, 0)
     f = NodeFacts()
@@ -165,6 +170,8 @@ def parse_model(sec: ProbeOutput | None) -> tuple[str, int | None]:
         return "not a path", None
     if t == "missing":
         return "missing", None
+    if t == SIZED_BY_MANIFEST:  # the size comes from the manifest section (runner)
+        return "ok", None
     m = re.match(r"^(bytes|kib)\s+(\d+)", t)
     if m:
         n = int(m[2]) * (1024 if m[1] == "kib" else 1)
@@ -303,10 +310,11 @@ class CrossFacts:
     hccn: str = ""  # the `hccn D ping IP` sections, verbatim, for the Ascend parser
 
 
-def parse_cross(text: str) -> CrossFacts:
+def parse_cross(text: str | Sections) -> CrossFacts:
+    """The cross ops' sections of a script's output (or of its sections, split already)."""
     out = CrossFacts()
     hccn_parts = []
-    for key, sec in split_probe_output(text).items():
+    for key, sec in (split_probe_output(text) if isinstance(text, str) else text).items():
         body = sec.text.strip()
         if key[0] == "ping" and len(key) == 2:
             how = "tcp" if "via tcp" in body else "ping"

@@ -24,7 +24,7 @@ from typing import Any
 from .. import netinfo
 from ..cluster import MANIFEST_TIMEOUT, Session
 from ..errors import CommandError, ConnectError, StageError, TopologyError
-from ..hw import ProbeOutput
+from ..hw import ProbeOutput, split_probe_output
 from ..hw.ascend_probe import AscendProbe, ascend_probe_script, parse_ascend_probe
 from ..log import log
 from ..plan import Fleet, NodeNet
@@ -244,9 +244,10 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             continue
         out.append(res(n, "ssh.reachable", "pass", f"ssh to {h.target.host}"
                        if hasattr(h, "target") else "connected"))
-        facts[n] = f = parse_gather(g.stdout, seen.get(n))
+        secs = split_probe_output(g.stdout)
+        facts[n] = f = parse_gather(secs, seen.get(n))
         if pre and n in pre.ops:
-            cross1[n] = parse_cross(g.stdout)
+            cross1[n] = parse_cross(secs)
         if isinstance(look, BaseException):
             why = _why(look)
             f.runtime_info = ProbeOutput(f"cannot ask the runtime: {why}", 1)
@@ -261,6 +262,8 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
                     "no result")
             except StageError as exc:
                 manifests[n] = str(exc)
+            if f.model == "ok" and isinstance(m := manifests[n], Manifest):
+                f.model_bytes = m.bytes  # the gather sized the model by its manifest, not du
         if want_probe:
             if isinstance(p, BaseException) or p is None:
                 probe_errors[n] = _why(p) if p is not None else "no result"

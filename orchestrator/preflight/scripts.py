@@ -23,11 +23,13 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from ..netinfo import FACTS_SCRIPT
+from ..stage.manifest import cache_key
 
 GATHER_MARK = "orch-preflight-gather"
 CROSS_MARK = "orch-preflight-cross"
 CLEAN_MARK = "orch-preflight-clean"
 RUNTIME_MARK = "orch-preflight-runtime"
+SIZED_BY_MANIFEST = "sized by the manifest"  # the model section, when the manifest is gathered
 
 # Seconds: how long peers retry a TCP connect to the head, how long the head listens.  The
 # head's listener and its peers' connects start in execs of their own, on all nodes at once:
@@ -55,14 +57,16 @@ held() {
 """
 
 _GATHER_DEFS = r"""
-RT=$1; IMAGE=$2; MODEL=$3; PORTS=$4; MSCRIPT=$5; CDIR=$6
+RT=$1; IMAGE=$2; MODEL=$3; PORTS=$4; MSCRIPT=$5; CDIR=$6; MKEY=$7
 tools() {  # "name path", or "name " when missing (no subshell per tool)
   for t in ping python3 perl bash timeout fuser ss du df ps nvidia-smi rocm-smi rsync; do
     printf '%%s ' "$t"; command -v "$t" 2>/dev/null || echo
   done
   return 0
 }
-netfacts() { %(facts)s; }
+netfacts() {
+%(facts)s
+}
 listeners() {  # `ss -p` reads every process's fds: only when a planned port is taken
   if have ss; then
     out=$(ss -ltn) || { printf '%%s\n' "$out"; return 1; }
@@ -74,6 +78,8 @@ manifest() ( set -- "$MODEL" "$CDIR"; eval "$MSCRIPT" 2>/dev/null )  # its own s
 modelfacts() {
   case $MODEL in /*) ;; *) echo "not a path"; return 0 ;; esac
   [ -e "$MODEL" ] || { echo "missing"; return 1; }
+  # the manifest lists every file with its size: no second walk of the directory with du
+  [ -n "$MSCRIPT" ] && { echo "%(sized)s"; return 0; }
   if s=$(lim 60 du -sbL -- "$MODEL" 2>/dev/null); then echo "bytes $s"
   else echo "kib $(lim 60 du -skL -- "$MODEL")"; fi
 }
@@ -87,12 +93,14 @@ disks() {
   case $MODEL in /*) if [ -e "$MODEL" ]; then lim 10 df -Pk / "$MODEL"; return; fi ;; esac
   lim 10 df -Pk /
 }
-procs() {  # grep reads only the command lines (`ps` costs 4x as much CPU); the lines that
-  # are this script's own (its text names vllm) are dropped by grep too, not looked at one by
-  # one; '[v]llm' so that the grep does not find its own command line
+procs() {  # grep reads only the command lines (`ps` costs 4x as much CPU); '[v]llm' so that
+  # the grep does not find its own command line.  This script's own processes (their command
+  # lines name vllm: its text, the image) begin with its mark: the first line of a command
+  # line (`read` drops the NULs between the arguments) tells them apart without a second grep
   set -- $(grep -lis '[v]llm' /proc/[0-9]*/cmdline 2>/dev/null)
-  [ $# -gt 0 ] || return 0
-  for f in $(grep -Ls orch-preflight "$@"); do
+  for f do
+    first=; IFS= read -r first < "$f" 2>/dev/null
+    case $first in *orch-preflight*) continue ;; esac
     d=${f%%/cmdline}
     args=$(tr '\000\n\t' '   ' < "$f" 2>/dev/null) || continue
     [ -n "$args" ] || continue
@@ -123,12 +131,16 @@ run 'runtime path' command -v "$RT"
 #runtime
 run net netfacts
 run model modelfacts
-[ -n "$MSCRIPT" ] && run manifest manifest
+walked=  # the manifest just read the model's directory: its filesystem answers
+[ -n "$MSCRIPT" ] && { run manifest manifest; [ "$rc" = 0 ] && walked=1; }
 # one df for both sections (a row per operand, in order: /, the model's, /dev/shm last); the
-# two of them apart when it fails (a hung or missing mount then shows in its own section)
+# two of them apart when it fails (a hung or missing mount then shows in its own section).  A
+# time limit only for a model's filesystem that was not just read (a hung NFS server)
 set -- /
 case $MODEL in /*) [ -e "$MODEL" ] && set -- / "$MODEL" ;; esac
-if dfo=$(lim 10 df -Pk "$@" /dev/shm 2>&1); then
+dfl=; [ $# -gt 1 ] && [ -z "$walked" ] && dfl="lim 10"
+# shellcheck disable=SC2086  # dfl: empty, or the two words of `lim 10`
+if dfo=$($dfl df -Pk "$@" /dev/shm 2>&1); then
   printf '==== disks ====\n%s\n==== rc 0 ====\n' "${dfo%"$NL"*}"
   printf '==== shm ====\n%s\n%s\n==== rc 0 ====\n' "${dfo%%"$NL"*}" "${dfo##*"$NL"}"
 else
@@ -175,7 +187,7 @@ def _gather_parts(kind: str, with_net: bool, runtime_cli: bool) -> tuple[str, st
     query = _GPU_QUERIES.get(kind)
     if query:
         runs += f"run gpu lim 30 {shlex.join(query)}\n"
-    return _GATHER_DEFS % {"facts": FACTS_SCRIPT}, runs
+    return _GATHER_DEFS % {"facts": FACTS_SCRIPT, "sized": SIZED_BY_MANIFEST}, runs
 
 
 def gather_script(kind: str, with_net: bool = True, runtime_cli: bool = True) -> str:
@@ -189,14 +201,18 @@ def gather_script(kind: str, with_net: bool = True, runtime_cli: bool = True) ->
 def check_script(kind: str, with_net: bool = True, runtime_cli: bool = True) -> str:
     """The gather and the cross ops in one exec, when the cross ops are known before the
     gather (every node's cluster IP is in the plan); args: `gather_args` + `cross_args`.
-    The planned ports' listeners are read first (so that `ss` does not see orch's own test
-    listeners), then the cross ops start in the background and the gather runs beside them;
-    every section goes to a file and all are printed at the end (a listener's `ready` line
-    is the only thing written before)."""
+    A node that only dials (and pings): the gather's sections, then its cross ops, straight to
+    the output.  A node that listens (or pings NPUs, or has no bash): the planned ports'
+    listeners are read first (so that `ss` does not see orch's own test listeners), then the
+    cross ops start in the background and the gather runs beside them; every section goes to
+    a file and all are printed at the end (a listener's `ready` line is the only thing written
+    before)."""
     defs, runs = _gather_parts(kind, with_net, runtime_cli)
-    return (f"# {GATHER_MARK} {CROSS_MARK}\n" + _COMMON + defs + "shift 6\n" + _CROSS_DEFS
-            + "{ " + _LISTENERS.rstrip("\n") + "; } > \"$tmp/0001\" 2>&1\n" + _CROSS_START
-            + "{\n" + runs + "} > \"$tmp/0002\" 2>&1\n"
+    return (f"# {GATHER_MARK} {CROSS_MARK}\n" + _COMMON + defs + f"shift {GATHER_NARGS}\n"
+            + _CROSS_DEFS + _CROSS_RUN + "gather() {\n" + runs + "}\n"
+            + 'if [ -n "$fg" ]; then\n' + _LISTENERS + 'gather\nforeground "$@"\nexit 0\nfi\n'
+            + "mktmp\n{ " + _LISTENERS.rstrip("\n") + "; } > \"$tmp/0001\" 2>&1\n"
+            + 'background "$@"\ngather > "$tmp/0002" 2>&1\n'
             + "wait\ncat \"$tmp\"/*\nexit 0\n")
 
 
@@ -206,20 +222,22 @@ def runtime_script() -> str:
     return f"# {RUNTIME_MARK}\n" + _COMMON + "RT=$1; IMAGE=$2\n" + _RUNTIME
 
 
+GATHER_NARGS = 7  # gather_args' count: check_script's cross ops follow them
+
+
 def gather_args(runtime: str, image: str, model: str, ports: Sequence[int] = (),
                 manifest: Sequence[str] = ()) -> list[str]:
-    """RUNTIME IMAGE MODEL PORTS MANIFEST_SCRIPT CACHE_DIR: `ports`, the node's planned ports
-    (who holds one is asked only when one is taken); `manifest`, (script, cache dir) of the
-    model's manifest, gathered as one more section (none when empty)."""
+    """RUNTIME IMAGE MODEL PORTS MANIFEST_SCRIPT CACHE_DIR CACHE_KEY: `ports`, the node's
+    planned ports (who holds one is asked only when one is taken); `manifest`, (script, cache
+    dir) of the model's manifest, gathered as one more section (none when empty), with the key
+    of the model's cache file (manifest.cache_key: the node hashes the path only where it is
+    not the directory's real path)."""
     script, cache = manifest if manifest else ("", "")
-    return [runtime, image, model, " ".join(str(int(p)) for p in ports), script, cache]
+    key = cache_key(model) if script else ""
+    return [runtime, image, model, " ".join(str(int(p)) for p in ports), script, cache, key]
 
 
 _CROSS_DEFS = r"""
-exec 9>&1
-tmp=$(mktemp -d 2>/dev/null) || { tmp=/tmp/orch-preflight.$$; mkdir -m 700 "$tmp" || exit 1; }
-trap 'rm -rf "$tmp"' EXIT
-n=1000  # output files 1001, 1002, ...: `cat` prints them in the order the ops came
 sec() { key=$1; shift; echo "==== $key ===="; "$@" 2>&1; rc=$?; echo; echo "==== rc $rc ===="; }
 job() { n=$((n + 1)); sec "$@" > "$tmp/$n" 2>&1 & }
 raw() { n=$((n + 1)); "$@" > "$tmp/$n" 2>&1 & }
@@ -250,30 +268,46 @@ except OSError as e:
 ' "$1" "$2" "$3"
   else echo "no tool: neither bash with timeout nor python3"; return 4; fi
 }
-conns() {  # ip port deadline ...: every connect of the node in one bash, a subshell each, all
-  # at once; a refused connect is retried until its deadline (the listener may start later),
-  # one that hangs is cut by `timeout` at the deadline (the same for all: cross_args) and is
-  # reported as a timeout
-  timeout "$3" bash --norc --noprofile -c '
-    tmp=$1; shift; i=0
+conns() {  # ip port deadline ...: every connect of the node at once in one bash, a subshell
+  # each, read back in order through a pipe (no files); a refused connect is retried until its
+  # deadline (the listener may start later), one that hangs is cut at the deadline (the same
+  # for all: cross_args) and reported as a timeout
+  bash --norc --noprofile -c '
+    [ "${BASH_VERSINFO[0]}${BASH_VERSINFO[1]}" -ge 41 ] 2>/dev/null || {
+      while [ $# -gt 0 ]; do
+        printf "==== tcp %s %s ====\nno tool: bash %s is older than 4.1\n==== rc 4 ====\n" "$1" "$2" "$BASH_VERSION"
+        shift 3
+      done; exit 0; }
+    n=0
     while [ $# -gt 0 ]; do
-      i=$((i + 1))
-      ( ip=$1 port=$2 end=$((SECONDS + $3 - 1))
-        echo "==== tcp $ip $port ===="
-        while :; do
-          e=$( { : 3<>"/dev/tcp/$ip/$port"; } 2>&1 ) && { printf "connected\n==== rc 0 ====\n"; exit; }
-          case $e in *efused*) ;; *) printf "error: %s\n==== rc 3 ====\n" "$e"; exit ;; esac
-          [ "$SECONDS" -ge "$end" ] && { printf "refused\n==== rc 2 ====\n"; exit; }
+      exec {fd}< <(exec 2>&1; end=$((SECONDS + $3 - 1)); echo "$BASHPID"
+        until : 3<>"/dev/tcp/$1/$2"; do  # bash says why it failed (on this pipe)
+          [ "$SECONDS" -ge "$end" ] && { echo "gave up"; exit 2; }
           sleep 0.2
-        done ) > "$tmp/tcp$i" 2>&1 &
-      shift 3
+        done
+        echo connected)
+      fds[n]=$fd; keys[n]="$1 $2"; dl=$3; n=$((n + 1)); shift 3
     done
-    wait' sh "$tmp" "$@"
-  for f in "$tmp"/tcp*; do  # a connect still hanging when timeout struck: no rc line yet
-    [ -e "$f" ] || continue
-    last=; while IFS= read -r l; do last=$l; done < "$f"
-    case $last in "==== rc "*) ;; *) printf 'timeout\n==== rc 1 ====\n' >> "$f" ;; esac
-  done
+    end=$((SECONDS + dl))
+    for ((i = 0; i < n; i++)); do
+      pid=; IFS= read -r -t "$dl" -u "${fds[i]}" pid
+      res= why=
+      until [ -n "$res" ]; do
+        left=$((end - SECONDS)); [ "$left" -gt 0 ] || left=0.1
+        if IFS= read -r -t "$left" -u "${fds[i]}" l; then
+          case $l in
+            connected) res="connected 0" ;;
+            "gave up") res="refused 2" ;;
+            *efused*) ;;
+            *) why="error: $l"; res="error 3" ;;
+          esac
+        elif [ $? -gt 128 ]; then res="timeout 1"
+        else res="timeout 1"; why="error: the connect ended without a result"
+        fi
+      done
+      case $res in connected*|refused*) ;; *) [ -n "$pid" ] && kill "$pid" 2>/dev/null ;; esac
+      printf "==== tcp %s ====\n%s\n==== rc %s ====\n" "${keys[i]}" "${why:-${res% *}}" "${res##* }"
+    done' sh "$@"
 }
 tcp_wait() {  # ip port deadline, where bash or timeout is missing: python3 retries the connect
   if have python3; then
@@ -366,29 +400,61 @@ hping() {  # device ip,ip,...: hccn_tool pings from one NPU, one after the other
 }
 """
 
-# Dispatch the ops (cross_args) to background jobs
-_CROSS_START = r"""
-peers= tcps=
-while [ $# -gt 0 ]; do
-  case $1 in
-    P) peers="$peers $2"; shift 2 ;;
-    T) if have bash && have timeout; then tcps="$tcps $2 $3 $4"; else job "tcp $2 $3" tcp_wait "$2" "$3" "$4"; fi
-       shift 4 ;;
-    L) job "listen $2" listen "$2" "$3" "$4"; shift 4 ;;
-    H) raw hping "$2" "$3"; shift 3 ;;
-    *) echo "cross: unknown op $1" >&2; exit 2 ;;
-  esac
-done
-# shellcheck disable=SC2086  # IPs (validated by orch): one word each
-[ -n "$peers" ] && { n=$((n + 1)); pings $peers > "$tmp/$n" 2>&1 & }
-[ -n "$tcps" ] && { n=$((n + 1)); conns $tcps > "$tmp/$n" 2>&1 & }
+# How a node runs its cross ops (cross_args).  `background`: each op group a job of its own,
+# beside the gather, every section into a file of a private temporary directory, printed at
+# the end; a node that opens test listeners does so (they say `ready` at once, on fd 9) and so
+# does one with hccn pings or without bash.  `foreground`, every other node: after the gather,
+# the connects (one bash), then the pings, straight to the output: no temporary directory (3
+# programs less to start on each of the nodes that only dial).
+_CROSS_RUN = r"""
+fg=1
+for a do case $a in L|H) fg= ;; esac; done  # op codes: never an IP, port or deadline
+have bash || fg=
+mktmp() {
+  exec 9>&1
+  tmp=$(mktemp -d 2>/dev/null) || { tmp=/tmp/orch-preflight.$$; mkdir -m 700 "$tmp" || exit 1; }
+  trap 'rm -rf "$tmp"' EXIT
+  n=1000  # output files 1001, 1002, ...: `cat` prints them in the order the ops came
+}
+background() {
+  peers= tcps=
+  while [ $# -gt 0 ]; do
+    case $1 in
+      P) peers="$peers $2"; shift 2 ;;
+      T) if have bash; then tcps="$tcps $2 $3 $4"; else job "tcp $2 $3" tcp_wait "$2" "$3" "$4"; fi
+         shift 4 ;;
+      L) job "listen $2" listen "$2" "$3" "$4"; shift 4 ;;
+      H) raw hping "$2" "$3"; shift 3 ;;
+      *) echo "cross: unknown op $1" >&2; exit 2 ;;
+    esac
+  done
+  # shellcheck disable=SC2086  # IPs (validated by orch): one word each
+  [ -n "$peers" ] && { n=$((n + 1)); pings $peers > "$tmp/$n" 2>&1 & }
+  [ -n "$tcps" ] && { n=$((n + 1)); conns $tcps > "$tmp/$n" 2>&1 & }
+}
+foreground() {
+  peers= tcps=
+  while [ $# -gt 0 ]; do
+    case $1 in
+      P) peers="$peers $2"; shift 2 ;;
+      T) tcps="$tcps $2 $3 $4"; shift 4 ;;
+      *) echo "cross: unknown op $1" >&2; return 2 ;;
+    esac
+  done
+  # shellcheck disable=SC2086
+  [ -n "$tcps" ] && conns $tcps
+  # shellcheck disable=SC2086
+  [ -n "$peers" ] && pings $peers
+  return 0
+}
 """
 
 
 def cross_script() -> str:
     """The round-2 script; args are ops built by `cross_args`."""
-    return (f"# {CROSS_MARK}\n" + _COMMON + _CROSS_DEFS + _CROSS_START
-            + 'wait\n[ "$n" -gt 1000 ] && cat "$tmp"/*\nexit 0\n')
+    return (f"# {CROSS_MARK}\n" + _COMMON + _CROSS_DEFS + _CROSS_RUN
+            + 'if [ -n "$fg" ]; then foreground "$@"; exit 0; fi\n'
+            + 'mktmp\nbackground "$@"\nwait\n[ "$n" -gt 1000 ] && cat "$tmp"/*\nexit 0\n')
 
 
 def _ip(v: str) -> str:

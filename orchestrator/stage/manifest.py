@@ -27,8 +27,14 @@ set -u
 MODEL=$1; CDIR=$2; shift 2; MARK=orch-manifest
 command -v b2sum >/dev/null 2>&1 || { echo "orch-manifest: error: b2sum (coreutils) is missing"; exit 4; }
 [ -d "$MODEL" ] || { echo "orch-manifest: missing"; exit 3; }
-key() {  # the first 32 hex digits of the BLAKE2b of the directory's real path
-  k=$(printf %s "$(cd "$1" 2>/dev/null && pwd -P)" | b2sum); k=${k%%" "*}
+key() {  # the first 32 hex digits of the BLAKE2b of the directory's real path; MKEY, where
+  # the caller set it, is that of MODEL as given (cache_key): taken when that is the real path
+  p=$(cd "$1" 2>/dev/null && pwd -P)
+  case ${MKEY:-} in
+    *[!0-9a-f]*|"") ;;
+    *) if [ "$1" = "$MODEL" ] && [ "$p" = "$MODEL" ] && [ ${#MKEY} -eq 32 ]; then printf %s "$MKEY"; return; fi ;;
+  esac
+  k=$(printf %s "$p" | b2sum); k=${k%%" "*}
   r=${k#????????????????????????????????}; printf %s "${k%"$r"}"
 }
 [ -d "$CDIR" ] || { mkdir -p "$CDIR" && chmod 700 "$CDIR"; }
@@ -71,6 +77,12 @@ total=$(awk -F '\t' '{ s += $2 } END { printf "%d", s }' "$tmp/files")
 echo "orch-manifest v1 $(wc -l < "$tmp/files" | tr -d ' ') $total $(wc -l < "$tmp/todo" | tr -d ' ')"
 awk -F '\t' -v OFS='\t' 'FILENAME == ARGV[1] { h[$1] = $2; next } { print $1, $2, h[$1] }' "$tmp/hashes" "$tmp/files"
 """
+
+
+def cache_key(path: str) -> str:
+    """The name of a directory's cache file as the script's key() makes it from its real path:
+    the first 32 hex digits of the path's BLAKE2b (b2sum's)."""
+    return hashlib.blake2b(path.encode()).hexdigest()[:32]
 
 
 def manifest_argv(model: str, others: list[str] | None = None, cache_dir: str = CACHE_DIR) -> list[str]:

@@ -57,3 +57,35 @@ def test_wrong_nic_or_ip_is_refused(kw, needle):
 def test_undetectable_asks_for_nic_and_ip():
     with pytest.raises(TopologyError, match="set nic and ip"):
         resolve(node(), facts(ssh_ip="127.0.0.1", default=None))
+
+
+def test_facts_from_one_ip_batch_and_the_older_two_sections():
+    """FACTS_SCRIPT prints the addresses and the default route from one `ip -batch` (a JSON
+    document per line); a keeper of an older orch still answers with two sections."""
+    route = [{"dst": "default", "dev": "eth9"}]
+    new = parse_facts("ssh=192.0.2.1 50000 10.1.0.5 22\n==== addr route\n"
+                      + json.dumps(ADDR) + "\n" + json.dumps(route) + "\n")
+    old = facts()
+    assert new == old and new.default_dev == "eth9" and len(new.ifaces) == 3
+    no_route = parse_facts("ssh=\n==== addr route\n" + json.dumps(ADDR) + "\n[]\n")
+    assert no_route.default_dev is None and no_route.by_ip("172.16.0.5") is not None
+    with pytest.raises(ValueError, match='Option "-j" is unknown'):  # an iproute2 without JSON
+        parse_facts('ssh=\n==== addr route\nOption "-j" is unknown, try "ip -help".\n')
+
+
+def test_facts_script_runs_one_ip(tmp_path):
+    import shutil
+    import subprocess
+
+    from orchestrator.netinfo import FACTS_SCRIPT
+    if not shutil.which("ip"):
+        pytest.skip("needs ip")
+    b = tmp_path / "bin"
+    b.mkdir()
+    (b / "ip").write_text(f'#!/bin/sh\necho ip >> {tmp_path / "ran"}\nexec {shutil.which("ip")} "$@"\n')
+    (b / "ip").chmod(0o755)
+    out = subprocess.run(["sh", "-c", FACTS_SCRIPT], capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{b}:/usr/bin:/bin:/usr/sbin:/sbin"}).stdout
+    f = parse_facts(out)
+    assert any(i.name == "lo" and "127.0.0.1" in i.ipv4 for i in f.ifaces)
+    assert (tmp_path / "ran").read_text().split() == ["ip"]

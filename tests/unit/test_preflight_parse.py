@@ -149,7 +149,8 @@ def test_cross_args_validate_ips_and_keep_values_apart():
 @pytest.mark.parametrize("script", [scripts.gather_script("cpu"), scripts.gather_script("nvidia"),
                                     scripts.gather_script("cpu", False, False),
                                     scripts.runtime_script(), scripts.cross_script(),
-                                    scripts.clean_script()])
+                                    scripts.clean_script(), scripts.check_script("cpu"),
+                                    scripts.check_script("nvidia", False, False)])
 def test_scripts_are_posix_sh(script):
     shell = shutil.which("dash") or "sh"
     subprocess.run([shell, "-n"], input=script, text=True, check=True)
@@ -524,3 +525,109 @@ def test_a_section_runs_in_the_scripts_shell_and_ends_on_a_line_of_its_own():
     assert (secs[("a",)].text.strip(), secs[("a",)].rc) == ("no newline", 0)
     assert (secs[("b",)].text.strip(), secs[("b",)].rc) == ("x", 3)
     assert (secs[("c",)].text.strip(), secs[("c",)].rc) == ("", 0)
+
+
+# ------------------------------------------- programs a node runs (the lab's 2 cores, N nodes)
+
+def _recording_bin(tmp: Path, tools: tuple[str, ...]) -> tuple[Path, Path]:
+    """A PATH directory where each of `tools` notes its name in a log, then runs the real one."""
+    b = _fake_bin(tmp)
+    log = tmp / "ran"
+    log.write_text("")
+    for t in tools:
+        real = shutil.which(t)
+        if real:
+            (b / t).write_text(f'#!/bin/sh\necho {t} >> {log}\nexec {real} "$@"\n')
+            (b / t).chmod(0o755)
+    return b, log
+
+
+REMOVED = ("mktemp", "rm", "cat", "timeout", "du", "b2sum")  # what a dialing node used to run
+
+
+@needs_tools
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("bash", "b2sum", "ping", "python3")),
+                    reason="needs bash, b2sum, ping, python3")
+def test_a_node_that_only_dials_runs_its_check_without_temporary_files(tmp_path):
+    """The one-exec check of a node that opens no test listener: gather, then connects and
+    pings in the foreground, straight to the output (no temporary directory, no `timeout`, no
+    du beside the manifest, no b2sum for the cache key of a model path that is real)."""
+    b, log = _recording_bin(tmp_path, REMOVED)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.safetensors").write_bytes(b"x" * 5000)
+    cache = tmp_path / "cache"
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        port = srv.getsockname()[1]
+        env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TMPDIR": str(tmp_path)}
+
+        def check() -> str:
+            return subprocess.run(
+                ["sh", "-c", scripts.check_script("cpu", runtime_cli=False), "sh",
+                 *scripts.gather_args("podman", "img:ok", str(model),
+                                      manifest=(MANIFEST_SCRIPT, str(cache))),
+                 *scripts.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)])],
+                capture_output=True, text=True, timeout=60, env=env).stdout
+
+        check()  # the first look writes the manifest's cache
+        log.write_text("")
+        out = check()
+    f, c = parse_gather(out), parse_cross(out)
+    assert f.complete and f.model == "ok" and f.model_bytes is None  # sized by the manifest
+    m = parse_manifest("h0", f.manifest or "")
+    assert m is not None and m.bytes == 5000
+    assert c.connects[("127.0.0.1", port)] == "connected" and c.pings["127.0.0.1"].ok
+    assert log.read_text().split() == []  # none of REMOVED ran
+    from orchestrator.stage.manifest import cache_key
+    assert [p.name for p in cache.iterdir()] == [f"{cache_key(str(model))}.tsv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "cache", "inspect.json", "model", "ran"]
+
+
+@pytest.mark.skipif(not shutil.which("b2sum"), reason="needs b2sum")
+def test_the_manifest_cache_key_is_the_real_paths_whoever_computes_it(tmp_path):
+    """orch passes the key of the model path (MKEY); the node takes it only where that path is
+    the directory's real path, and hashes the real path itself otherwise (a symlink) or when
+    the key is not one (32 hex digits)."""
+    from orchestrator.stage.manifest import cache_key
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a").write_text("a")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    for path, mkey in ((real, cache_key(str(real))), (link, cache_key(str(link))),
+                       (real, "../../etc/x"), (real, "")):
+        cache = tmp_path / f"cache-{len(list(tmp_path.iterdir()))}"
+        script = f'MKEY="$1"; shift; set -- "$@"; {MANIFEST_SCRIPT}'
+        r = subprocess.run(["sh", "-c", script, "sh", mkey, str(path), str(cache)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert [p.name for p in cache.iterdir()] == [f"{cache_key(str(real))}.tsv"], (path, mkey)
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
+def test_connects_retry_a_refused_port_until_its_deadline_and_leave_nothing_behind(tmp_path):
+    """One bash for all of a node's connects: a listener that starts late is reached, a port
+    nobody opens is `refused` at the deadline (4 s here), in the order the ops came."""
+    late, never = _free_port(), _free_port()
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import socket, time; time.sleep(1); s = socket.socket(); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        f"s.bind(('127.0.0.1', {late})); s.listen(4); time.sleep(6)")])
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
+                            "T", "127.0.0.1", str(never), "4", "T", "127.0.0.1", str(late), "4"],
+                           capture_output=True, text=True, timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        starter.kill()
+        starter.wait()
+    c = parse_cross(r.stdout)
+    assert c.connects == {("127.0.0.1", never): "refused", ("127.0.0.1", late): "connected"}, r.stdout
+    assert r.stdout.index(f"tcp 127.0.0.1 {never}") < r.stdout.index(f"tcp 127.0.0.1 {late}")
+    assert took < 10
+    left = subprocess.run(["pgrep", "-f", f"/dev/tcp/\\$1/\\$2|127.0.0.1 {never}"],
+                          capture_output=True, text=True)
+    assert left.stdout == ""

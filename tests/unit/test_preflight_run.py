@@ -88,7 +88,7 @@ class World:
                  "addr_info": [{"family": "inet", "local": "127.0.0.1"}]},
                 {"ifname": self.nics[n], "flags": ["UP"], "operstate": "UP",
                  "addr_info": [{"family": "inet", "local": ip_of(i)}]}]
-        return f"ssh=10.0.0.1 5000 {ip_of(i)} 22\n==== addr\n{json.dumps(addr)}\n==== route\n[]"
+        return f"ssh=10.0.0.1 5000 {ip_of(i)} 22\n==== addr route\n{json.dumps(addr)}\n[]"
 
     def runtime_sections(self, n: str) -> dict[str, tuple[str, int]]:
         """What the runtime's CLI prints (the `runtime` script's sections)."""
@@ -128,8 +128,10 @@ class World:
             "procs": ("", 0),
             "shmfiles": ("", 0),
         }
-        if args and args[4]:  # the model's manifest was asked for
+        if args and args[4]:  # the model's manifest was asked for: it sizes the model too
             d["manifest"] = (self.manifest(n), 0)
+            if size:
+                d["model"] = (S.SIZED_BY_MANIFEST, 0)
         if self.gpu is not None:
             d["gpu"] = (self.gpu, 0)
         d.update({k: v for k, v in self.extra.get(n, {}).items()
@@ -187,7 +189,8 @@ class FakeHost:
                 else "clean" if S.CLEAN_MARK in script else "runtime" if S.RUNTIME_MARK in script
                 else "manifest" if "orch-manifest" in script else "probe")
         if both:
-            self.world.calls += [(self.name, "gather", args[:6]), (self.name, "cross", args[6:])]
+            self.world.calls += [(self.name, "gather", args[:S.GATHER_NARGS]),
+                                 (self.name, "cross", args[S.GATHER_NARGS:])]
         else:
             self.world.calls.append((self.name, kind, args))
         self.world.scripts.append((kind, script))
@@ -200,8 +203,8 @@ class FakeHost:
         if both and self.name in self.world.cross_hangs:
             raise CommandError(self.name, list(argv[:3]), None, f"timed out after {timeout:.0f}s")
         if both:
-            return Result(0, self.world.gather(self.name, script, args[:6])
-                          + self.world.cross(self.name, args[6:]), "")
+            return Result(0, self.world.gather(self.name, script, args[:S.GATHER_NARGS])
+                          + self.world.cross(self.name, args[S.GATHER_NARGS:]), "")
         if kind == "gather":
             return Result(0, self.world.gather(self.name, script, args), "")
         if kind == "runtime":
