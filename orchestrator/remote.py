@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import shlex
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,10 +271,29 @@ def known_hosts_files(t: Target) -> list[Path]:
     return [primary, state_dir() / "known_hosts"]
 
 
+_read_known_hosts: dict[tuple[tuple[str, int, int], ...], bytes] = {}
+
+
 def _known_hosts_data(t: Target) -> bytes:
-    if t.known_hosts and not Path(_expand(t.known_hosts) or "").is_file():
-        raise ConnectError(t.node, f"known_hosts file {t.known_hosts} does not exist")
-    return b"".join(p.read_bytes() + b"\n" for p in known_hosts_files(t) if p.is_file())
+    """The known_hosts files' content, read again only when one changed (every node's
+    connection reads the same files: one stat each instead of a read)."""
+    files = known_hosts_files(t)
+    seen = []
+    for p in files:
+        try:
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFoundError(p)
+        except OSError:
+            if p == files[0] and t.known_hosts:
+                raise ConnectError(t.node, f"known_hosts file {t.known_hosts} does not exist") from None
+            continue
+        seen.append((str(p), st.st_mtime_ns, st.st_size))
+    key = tuple(seen)
+    data = _read_known_hosts.get(key)
+    if data is None:
+        data = _read_known_hosts[key] = b"".join(Path(p).read_bytes() + b"\n" for p, _, _ in seen)
+    return data
 
 
 _parsed_known_hosts: dict[bytes, asyncssh.SSHKnownHosts] = {}

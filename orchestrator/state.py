@@ -15,6 +15,8 @@ from pathlib import Path
 from .errors import LockedError
 from .secrets import mask
 
+_made: set[Path] = set()  # state directories this process made sure of (one mkdir each)
+
 
 def state_dir() -> Path:
     env = os.environ.get("ORCH_STATE_DIR")
@@ -23,7 +25,9 @@ def state_dir() -> Path:
     else:
         base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         d = Path(base) / "orch"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if d not in _made or not d.is_dir():
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _made.add(d)
     return d
 
 
