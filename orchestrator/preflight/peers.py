@@ -7,7 +7,10 @@ Every node probes (ping, and hccn_tool ping on Ascend):
     node is pinged by at least RING others and a dead node is told from a bad pinger,
   - every node it links to in the plan (Plan.links: DP ranks -> the head's RPC port, PD
     proxy -> instance heads, headless PD nodes -> their instance head, router -> replicas).
-TCP connects follow the plan's links only: every link the deployment will use is tested.
+TCP connects follow the plan's links only: every link the deployment will use is tested.  A
+peer this node connects to is not pinged as well: the connect probes it (connected or refused:
+the peer answered; a connect that times out is ports.reachable's failure, and the peer's own
+ring pingers tell whether it is down).  So a DP rank pings only its ring neighbours.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def cross_plan(fleet: Fleet, names: Sequence[str], present: Collection[str],
                     lk.port not in busy.get(lk.dst, set()) or lk.port in own.get(lk.dst, set()))]
                 if ports else [])
         connect = list(dict.fromkeys((ips[lk.dst], lk.port) for lk in dial))
-        pinged = [ips[p] for p in peers.get(n, []) if p in ips] if ping else []
+        dialed = {ip for ip, _ in connect}
+        pinged = [ips[p] for p in peers.get(n, []) if p in ips and ips[p] not in dialed] if ping else []
         a = cross_args(pinged, connect, listen, hccn.get(n))
         if a:
             ops[n] = a

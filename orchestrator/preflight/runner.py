@@ -359,7 +359,7 @@ async def run_checks(s: Session, fleet: Fleet, skip: frozenset[str] = frozenset(
             hccn_text[n] = cross[n].hccn
     tested = cp.tested
     if do_ping:
-        out += ping_checks(names, ips, {n: cf for n, cf in cross.items() if cf.pings})
+        out += ping_checks(names, ips, {n: cf for n, cf in cross.items() if cf.pings or cf.connects})
     if do_ports:
         out += link_checks(tested, ips, busy, own, cross)
     if kind == "ascend" and want_probe:

@@ -271,14 +271,15 @@ except OSError as e:
 conns() {  # ip port deadline ...: every connect of the node at once in one bash, a subshell
   # each, read back in order through a pipe (no files); a refused connect is retried until its
   # deadline (the listener may start later), one that hangs is cut at the deadline (the same
-  # for all: cross_args) and reported as a timeout
+  # for all: cross_args) and reported as a timeout; then a ping of each peer none of whose
+  # connects was answered
   bash --norc --noprofile -c '
     [ "${BASH_VERSINFO[0]}${BASH_VERSINFO[1]}" -ge 41 ] 2>/dev/null || {
       while [ $# -gt 0 ]; do
         printf "==== tcp %s %s ====\nno tool: bash %s is older than 4.1\n==== rc 4 ====\n" "$1" "$2" "$BASH_VERSION"
         shift 3
       done; exit 0; }
-    n=0
+    n=0; declare -A answered=()
     while [ $# -gt 0 ]; do
       exec {fd}< <(exec 2>&1; end=$((SECONDS + $3 - 1)); echo "$BASHPID"
         until : 3<>"/dev/tcp/$1/$2"; do  # bash says why it failed (on this pipe)
@@ -305,8 +306,22 @@ conns() {  # ip port deadline ...: every connect of the node at once in one bash
         else res="timeout 1"; why="error: the connect ended without a result"
         fi
       done
-      case $res in connected*|refused*) ;; *) [ -n "$pid" ] && kill "$pid" 2>/dev/null ;; esac
+      case $res in
+        connected*|refused*) answered[${keys[i]% *}]=1 ;;
+        *) [ -n "$pid" ] && kill "$pid" 2>/dev/null ;;
+      esac
       printf "==== tcp %s ====\n%s\n==== rc %s ====\n" "${keys[i]}" "${why:-${res% *}}" "${res##* }"
+    done
+    # a peer that answered none of its connects is pinged now (orch pings no peer it dials):
+    # down, or only its ports closed off?
+    command -v ping >/dev/null 2>&1 || exit 0
+    for ((i = 0; i < n; i++)); do
+      ip=${keys[i]% *}
+      [ -n "${answered[$ip]}" ] && continue
+      answered[$ip]=1
+      printf "==== ping %s ====\n" "$ip"
+      ping -c 1 -W 1 -w 2 "$ip" 2>&1 || ping -c 1 -W 1 -w 2 "$ip" 2>&1
+      printf "\n==== rc %s ====\n" "$?"
     done' sh "$@"
 }
 tcp_wait() {  # ip port deadline, where bash or timeout is missing: python3 retries the connect

@@ -304,15 +304,21 @@ def same_checks(check: str, values: Mapping[str, str], what: str, fix: str,
 def ping_checks(nodes: list[str], ips: Mapping[str, str], cross: Mapping[str, CrossFacts],
                 ) -> list[CheckResult]:
     """net.ping for every node with cross facts. A node nobody reaches is the one at fault;
-    otherwise the node whose pings fail is."""
+    otherwise the node whose pings fail is.  A planned link's TCP connect that was answered
+    (connected, or refused) shows its peer reachable too: peers.py pings no peer a node
+    connects to (a connect that timed out proves nothing here: ports.reachable reports it)."""
     ok: dict[tuple[str, str], bool] = {}
     how: dict[str, set[str]] = {}
     for x in cross:
+        answered = {ip for (ip, _), r in cross[x].connects.items() if r in ("connected", "refused")}
         for y, ip in ips.items():
             if y != x and ip in cross[x].pings:
                 r = cross[x].pings[ip]
                 ok[x, y] = r.ok
                 how.setdefault(x, set()).add(r.how)
+            elif y != x and ip in answered:
+                ok[x, y] = True
+                how.setdefault(x, set()).add("link")
     dead = set()
     for y in ips:
         pingers = [x for (x, t) in ok if t == y]
@@ -340,7 +346,8 @@ def ping_checks(nodes: list[str], ips: Mapping[str, str], cross: Mapping[str, Cr
             out.append(res(x, "net.ping", "fail", "; ".join(msgs), fix))
         else:
             peers = [t for (s, t) in ok if s == x]
-            via = " over TCP (no ping on the node)" if how.get(x) == {"tcp"} else ""
+            kinds = how.get(x, set())
+            via = " over TCP (no ping on the node)" if "tcp" in kinds and "ping" not in kinds else ""
             out.append(res(x, "net.ping", "pass", f"reaches {', '.join(peers)}{via}"
                            if peers else "no peer with a known cluster IP"))
     return out

@@ -142,6 +142,7 @@ class World:
 
     def cross(self, n: str, args: list[str]) -> str:
         out, hops = {}, []
+        unanswered: dict[str, bool] = {}
         i = 0
         while i < len(args):
             op = args[i]
@@ -152,10 +153,12 @@ class World:
                 out[f"ping {ip}"] = ("1 packets transmitted, 1 received" if ok else
                                      "1 packets transmitted, 0 received", 0 if ok else 1)
                 i += 2
-            elif op == "T":
-                port = int(args[i + 2])
-                ok = (n, port) not in self.blocked
+            elif op == "T":  # a cut drops the connect too; a peer none of whose connects
+                port = int(args[i + 2])  # was answered is pinged after them (scripts.conns)
+                to = NODES[int(args[i + 1].rsplit(".", 1)[1]) - 11]
+                ok = (n, port) not in self.blocked and (n, to) not in self.cut
                 out[f"tcp {args[i + 1]} {port}"] = ("connected" if ok else "timeout", 0 if ok else 1)
+                unanswered[args[i + 1]] = unanswered.get(args[i + 1], True) and not ok
                 i += 4
             elif op == "L":
                 port = int(args[i + 1])
@@ -166,6 +169,12 @@ class World:
             else:  # H dev ips: run for real against this node's fake hccn_tool
                 hops += args[i:i + 3]
                 i += 3
+        for ip, silent in unanswered.items():
+            if silent:
+                to = NODES[int(ip.rsplit(".", 1)[1]) - 11]
+                up = (n, to) not in self.cut
+                out[f"ping {ip}"] = ("1 packets transmitted, 1 received" if up else
+                                     "1 packets transmitted, 0 received", 0 if up else 1)
         text = sections(out)
         if hops:
             text += subprocess.run(["sh", "-c", S.cross_script(), "sh", *hops], capture_output=True,
@@ -483,8 +492,11 @@ def test_one_peer_that_cannot_connect_is_the_one_at_fault(tmp_path):
 def test_node_nobody_can_ping_is_the_one_at_fault(tmp_path):
     rep = check(deployment(tmp_path), World(cut={("h0", "h2"), ("h1", "h2")}))
     assert fails(rep) == {("h2", "net.ping")}
+    # h1 pings no peer it connects to (the head): its connects time out, the ping after them
+    # says the head is not reachable from h1 at all, and h2 reaches it: h1 is at fault
     rep = check(deployment(tmp_path), World(cut={("h1", "h0")}))
-    assert fails(rep) == {("h1", "net.ping")}
+    assert fails(rep) == {("h1", "net.ping"), ("h1", "ports.reachable")}
+    assert "h1 cannot reach h0" in rep.get("h1", "net.ping").reason  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("ips", [True, False])
@@ -567,8 +579,19 @@ def test_sudo_needing_a_password(tmp_path):
     assert rep.get("h1", "ssh.reachable").status == "pass"  # type: ignore[union-attr]
 
 
+def test_a_node_pings_no_peer_it_connects_to(tmp_path):
+    """The DP ranks connect to the head's ports: that probes the head, so they ping only their
+    ring neighbours, and the head's net.ping counts the answered connects."""
+    w = World()
+    rep = check(deployment(tmp_path), w)
+    assert not rep.failed
+    pinged = {n: [a[i + 1] for i in range(len(a)) if a[i] == "P"] for n, k, a in w.calls if k == "cross"}
+    assert pinged == {"h0": [ip_of(1), ip_of(2)], "h1": [ip_of(2)], "h2": [ip_of(1)]}
+    assert rep.get("h2", "net.ping").reason == "reaches h0, h1"  # type: ignore[union-attr]
+
+
 def test_skip_checks_by_name_and_prefix(tmp_path):
-    w = World(cut={("h1", "h0")})
+    w = World(cut={("h1", "h2")})  # a ring peer's: only a ping would see it
     rep = check(deployment(tmp_path), w, skip=frozenset({"net.ping", "stale"}))
     skipped = {(r.node, r.check) for r in rep.results if r.reason == "skipped by --skip-checks"}
     assert skipped == {(n, c) for n in NODES for c in ("net.ping", "stale.containers",
