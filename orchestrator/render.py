@@ -206,8 +206,9 @@ def print_report(report: Report) -> None:
     one row per check that counts the nodes per status and names those that did not pass),
     then one line per failure and per warning with its reason and fix, then the verdict."""
     nodes = list(dict.fromkeys(r.node for r in report.results))
-    checks = [c for c in CHECKS if any(r.check == c for r in report.results)]
-    checks += sorted({r.check for r in report.results} - set(checks))
+    present = {r.check for r in report.results}
+    checks = [c for c in CHECKS if c in present]
+    checks += sorted(present - set(checks))
     cell = {(r.node, r.check): r.status for r in report.results}
     t = Table(title="preflight", title_justify="left")
     t.add_column("check")
