@@ -355,6 +355,22 @@ def _config_names_ciphers(config: str | None) -> bool:
     return _ciphers_configured[config]
 
 
+_loaded_keys: dict[tuple[str, int], object] = {}
+
+
+def _client_keys(path: str) -> object:
+    """The key file's key pair (and certificate), loaded once per run and file version instead
+    of once per node's connection; a key that cannot be loaded here (a passphrase, a missing
+    file) is left to asyncssh to load and report as it does for one connection."""
+    try:
+        version = (path, os.stat(path).st_mtime_ns)
+        if version not in _loaded_keys:
+            _loaded_keys[version] = asyncssh.load_keypairs([path])
+        return _loaded_keys[version]
+    except (OSError, ValueError, asyncssh.Error):
+        return [path]
+
+
 async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
     opts: dict[str, object] = {"connect_timeout": timeout}
     if not _config_names_ciphers(t.config):
@@ -364,7 +380,7 @@ async def _open(t: Target, timeout: float) -> asyncssh.SSHClientConnection:
     if t.user:
         opts["username"] = t.user
     if t.key:
-        opts["client_keys"] = [_expand(t.key)]
+        opts["client_keys"] = _client_keys(_expand(t.key) or t.key)
     if t.config:
         opts["config"] = [_expand(t.config)]
     if t.jump:

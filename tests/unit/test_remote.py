@@ -4,6 +4,7 @@ OpenSSH's sshd, is the lab's)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import asyncssh
@@ -55,3 +56,21 @@ def test_aes_gcm_first_unless_an_ssh_config_names_the_ciphers(tmp_path: Path,
     assert _ciphers_seen(tmp_path, str(cfg)) == "chacha20-poly1305@openssh.com"
     cfg.write_text("Host *\n  ServerAliveInterval 30\n")
     assert _ciphers_seen(tmp_path, str(cfg)) == "aes256-gcm@openssh.com"
+
+
+def test_the_client_key_is_loaded_once_per_file_version(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "id"
+    path.write_bytes(key.export_private_key())
+    remote._loaded_keys.clear()
+    first = remote._client_keys(str(path))
+    assert remote._client_keys(str(path)) is first and len(remote._loaded_keys) == 1
+    assert first[0].get_key_type() == "local"  # type: ignore[index]
+    path.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    os.utime(path, ns=(1, 1))  # another version of the file: loaded again
+    assert remote._client_keys(str(path)) is not first
+    # what cannot be loaded here goes to asyncssh as a path, which reports it per connection
+    assert remote._client_keys(str(tmp_path / "missing")) == [str(tmp_path / "missing")]
+    enc = tmp_path / "enc"
+    enc.write_bytes(key.export_private_key("pkcs8-pem", passphrase="secret"))
+    assert remote._client_keys(str(enc)) == [str(enc)]
