@@ -118,6 +118,19 @@ def ping_version(headers: Mapping[str, str], *, engines_only: bool = False) -> s
     return headers.get("libpod-api-version", "").strip()
 
 
+def _qualified(ref: str) -> bool:
+    """A reference that names one image exactly: registry/path:tag (a registry host or
+    `localhost` first, a tag last, no digest).  The image list filtered to it costs podman
+    half an inspect (1.6 against 3.1 ms of its CPU on the lab); other references (short
+    names, no tag, digests) are inspected, which resolves them as `run` does."""
+    if "@" in ref or "/" not in ref:
+        return False
+    first, _, rest = ref.partition("/")
+    if not ("." in first or ":" in first or first == "localhost"):
+        return False
+    return ":" in rest.rsplit("/", 1)[-1]
+
+
 class RuntimeApi:
     """One node's runtime API over its SSH connection (one kept HTTP connection)."""
 
@@ -187,6 +200,18 @@ class RuntimeApi:
         return (await self._image(ref))[0]
 
     async def _image(self, ref: str) -> tuple[str | None, Response]:
+        if _qualified(ref):  # the list, filtered to the name, where an entry has it exactly
+            try:
+                r = await self._get("/images/json?filters="
+                                    + urllib.parse.quote(json.dumps({"reference": [ref]})))
+                listed = json.loads(r.body)
+            except (RuntimeApiError, ValueError):
+                listed = None
+            for img in listed if isinstance(listed, list) else ():
+                if (isinstance(img, dict) and ref in (img.get("RepoTags") or [])
+                        and isinstance(img.get("Id"), str) and img["Id"]):
+                    return img["Id"], r
+        # inspect resolves the name as `run` does (short names, default tag, digests)
         r = await self._get(f"/images/{urllib.parse.quote(ref, safe='/:@')}/json", ok=(200, 404))
         if r.status == 404:
             return None, r

@@ -94,6 +94,10 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(b"OK")
                 return None
+            if url.path == "/images/json":  # podman: a name matches its pattern or ends with it
+                want = json.loads(urllib.parse.parse_qs(url.query)["filters"][0])["reference"][0]
+                return self.reply(200, [{"Id": iid, "RepoTags": [name]} for name, iid in engine.images.items()
+                                        if name == want or name.endswith("/" + want)])
             if url.path.startswith("/images/") and url.path.endswith("/json"):
                 ref = urllib.parse.unquote(url.path[len("/images/"):-len("/json")])
                 if ref in engine.images:
@@ -265,9 +269,11 @@ def test_look_answers_version_image_and_containers_on_one_connection(engine) -> 
     assert look.image_id == "sha256:" + "ab" * 32
     assert sorted(c["Id"] for c in look.containers) == ["a1", "b2"]  # any orch deployment
     assert host.opened == 1 and e.connections == 1
-    # the version from the answers' headers: no /_ping
-    assert e.requests[:2] == ["/images/quay.io/ascend/vllm-ascend:v0.11.0rc0/json",
-                              e.requests[1]] and e.requests[1].startswith("/containers/json?")
+    # a registry/path:tag name from the list filtered to it (no inspect); the version from
+    # the answers' headers: no /_ping
+    assert e.requests[0].startswith("/images/json?filters=")
+    assert e.requests[1].startswith("/containers/json?")
+    assert not any(r.startswith("/images/quay.io") for r in e.requests)
     assert "/_ping" not in e.requests
     # docker names its version in `Server` too; an image the node lacks is None, not an error
     e.ping_headers = {"Server": "Docker/27.3.1 (linux)", "Api-Version": "1.47"}
@@ -320,3 +326,23 @@ def test_chunked_answers_on_a_kept_connection(engine) -> None:
     look = look_once(host, path, "img:1")
     assert look.image_id == "sha256:" + "cd" * 32 and [c["Id"] for c in look.containers] == ["a1"]
     assert host.opened == 1 and e.connections == 1 and len(e.requests) == 3  # image, list, inspect
+
+
+def test_image_lookup_by_the_filtered_list_only_for_an_exact_qualified_name(engine) -> None:
+    """The list filtered by reference matches suffixes too (podman): its answer counts only
+    where an entry carries the name exactly; short names, digests and misses are inspected,
+    which resolves them as `run` does."""
+    e, path = engine
+    e.images = {"mirror.example/quay.io/ascend/vllm-ascend:v1": "sha256:" + "11" * 32,
+                "localhost/x:1": "sha256:" + "22" * 32}
+    look = look_once(LocalHost(), path, "quay.io/ascend/vllm-ascend:v1")  # only a longer name
+    assert look.image_id is None
+    assert [r.split("?")[0] for r in e.requests[:2]] == ["/images/json", "/images/quay.io/ascend/vllm-ascend:v1/json"]
+    e.requests.clear()
+    assert look_once(LocalHost(), path, "localhost/x:1").image_id == "sha256:" + "22" * 32
+    assert e.requests[0].startswith("/images/json?") and not any(
+        r.startswith("/images/localhost") for r in e.requests)
+    for ref in ("x:1", "localhost/x", "localhost/x@sha256:" + "22" * 32, "library/x:1"):
+        e.requests.clear()
+        look_once(LocalHost(), path, ref)
+        assert not e.requests[0].startswith("/images/json"), ref
