@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..plan import Fleet, Link
-from .scripts import cross_args
+from .cross import cross_args
 
 RING = 2
 
@@ -51,7 +51,7 @@ def incoming(links: Sequence[Link]) -> dict[str, dict[int, tuple[str, list[str]]
 
 @dataclass(frozen=True)
 class CrossPlan:
-    """What each node runs in the cross round: its ops (scripts.cross_args), how many test
+    """What each node runs in the cross round: its ops (cross.cross_args), how many test
     listeners it opens, the nodes it connects to, and the links tested."""
 
     ops: dict[str, list[str]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.preflight import scripts
+from orchestrator.preflight import cross, scripts
 from orchestrator.preflight.parse import (
     Listener,
     NodeFacts,
@@ -138,12 +138,12 @@ def test_cross_output():
 
 
 def test_cross_args_validate_ips_and_keep_values_apart():
-    assert scripts.cross_args(["10.0.0.2"], [("10.0.0.1", 8000)], [(13345, 2)],
+    assert cross.cross_args(["10.0.0.2"], [("10.0.0.1", 8000)], [(13345, 2)],
                               {0: ["192.168.1.1", "192.168.2.1"]}) == [
-        "L", "13345", "2", str(scripts.LISTEN_DEADLINE), "P", "10.0.0.2",
-        "T", "10.0.0.1", "8000", str(scripts.CONNECT_DEADLINE), "H", "0", "192.168.1.1,192.168.2.1"]
+        "L", "13345", "2", str(cross.LISTEN_DEADLINE), "P", "10.0.0.2",
+        "T", "10.0.0.1", "8000", str(cross.CONNECT_DEADLINE), "H", "0", "192.168.1.1,192.168.2.1"]
     with pytest.raises(ValueError):
-        scripts.cross_args(["10.0.0.2; reboot"])
+        cross.cross_args(["10.0.0.2; reboot"])
 
 
 @pytest.mark.parametrize("script", [scripts.gather_script("cpu"), scripts.gather_script("nvidia"),
@@ -358,10 +358,10 @@ def _free_port() -> int:
 def test_cross_script_listens_connects_and_tears_down():
     port = _free_port()
     listen = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
-                               *scripts.cross_args(listen=[(port, 1)])],
+                               *cross.cross_args(listen=[(port, 1)])],
                               stdout=subprocess.PIPE, text=True)
     conn = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
-                           *scripts.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)])],
+                           *cross.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)])],
                           capture_output=True, text=True, timeout=30)
     out, _ = listen.communicate(timeout=30)
     lc, cc = parse_cross(out), parse_cross(conn.stdout)
@@ -376,11 +376,11 @@ def test_cross_script_listens_connects_and_tears_down():
 def test_cross_script_listener_says_ready_first_and_a_connect_waits_for_it():
     port = _free_port()
     conn = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
-                             *scripts.cross_args(connect=[("127.0.0.1", port)])],
+                             *cross.cross_args(connect=[("127.0.0.1", port)])],
                             stdout=subprocess.PIPE, text=True)
     time.sleep(1.5)  # refused meanwhile: retried
     listen = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
-                               *scripts.cross_args(listen=[(port, 1)])],
+                               *cross.cross_args(listen=[(port, 1)])],
                               stdout=subprocess.PIPE, text=True)
     assert listen.stdout is not None
     assert listen.stdout.readline() == f"==== ready {port} ====\n"  # before the rest
@@ -398,7 +398,7 @@ def test_check_script_gathers_and_runs_the_cross_ops_in_one_exec(tmp_path):
     env = {"PATH": f"{b}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
     argv = ["sh", "-c", scripts.check_script("cpu"), "sh",
             *scripts.gather_args("podman", "img:ok", str(tmp_path), [port]),
-            *scripts.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)],
+            *cross.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)],
                                 listen=[(port, 1)])]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env) as p:
         assert p.stdout is not None
@@ -423,10 +423,10 @@ def test_cross_script_perl_listener_when_no_python(tmp_path):
             (b / t).symlink_to(shutil.which(t))  # type: ignore[arg-type]
     port = _free_port()
     p = subprocess.Popen([str(b / "sh"), "-c", scripts.cross_script(), "sh",
-                          *scripts.cross_args(listen=[(port, 1)])],
+                          *cross.cross_args(listen=[(port, 1)])],
                          stdout=subprocess.PIPE, text=True, env={"PATH": str(b)})
     c = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
-                        *scripts.cross_args(connect=[("127.0.0.1", port)])],
+                        *cross.cross_args(connect=[("127.0.0.1", port)])],
                        capture_output=True, text=True, timeout=30)
     out, _ = p.communicate(timeout=30)
     assert out.startswith(f"==== ready {port} ====\n")
@@ -451,7 +451,7 @@ def test_a_listener_does_not_count_a_client_that_sends_data(tmp_path, tool):
         env = {"PATH": str(b)}
     port = _free_port()
     p = subprocess.Popen(["sh", "-c", scripts.cross_script(), "sh",
-                          *scripts.cross_args(listen=[(port, 1)])],
+                          *cross.cross_args(listen=[(port, 1)])],
                          stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout is not None
     assert p.stdout.readline() == f"==== ready {port} ====\n"
@@ -461,7 +461,7 @@ def test_a_listener_does_not_count_a_client_that_sends_data(tmp_path, tool):
         with contextlib.suppress(ConnectionResetError):  # closed unread: a reset
             assert probe.recv(64) == b""
     c = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
-                        *scripts.cross_args(connect=[("127.0.0.1", port)])],
+                        *cross.cross_args(connect=[("127.0.0.1", port)])],
                        capture_output=True, text=True, timeout=30)
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 0
@@ -479,7 +479,7 @@ def test_cross_script_reaches_a_peer_over_tcp_where_ping_is_missing(tmp_path):
     for t in ("sh", "bash", "timeout", "cat", "rm", "mktemp", "sleep"):
         (b / t).symlink_to(shutil.which(t))  # type: ignore[arg-type]
     out = subprocess.run([str(b / "sh"), "-c", scripts.cross_script(), "sh",
-                          *scripts.cross_args(ping=["127.0.0.1"])],
+                          *cross.cross_args(ping=["127.0.0.1"])],
                          capture_output=True, text=True, timeout=30, env={"PATH": str(b)}).stdout
     r = parse_cross(out).pings["127.0.0.1"]
     assert r.how == "tcp" and r.ok, out  # port 22 connected or refused: the host answered
@@ -491,7 +491,7 @@ def test_cross_script_reports_a_busy_port():
         s.listen(1)
         port = s.getsockname()[1]
         out = subprocess.run(["sh", "-c", scripts.cross_script(), "sh",
-                              *scripts.cross_args(listen=[(port, 1)])],
+                              *cross.cross_args(listen=[(port, 1)])],
                              capture_output=True, text=True, timeout=30).stdout
     assert parse_cross(out).listens[port][0].startswith("busy")
 
@@ -568,7 +568,7 @@ def test_a_node_that_only_dials_runs_its_check_without_temporary_files(tmp_path)
                 ["sh", "-c", scripts.check_script("cpu", runtime_cli=False), "sh",
                  *scripts.gather_args("podman", "img:ok", str(model),
                                       manifest=(MANIFEST_SCRIPT, str(cache))),
-                 *scripts.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)])],
+                 *cross.cross_args(ping=["127.0.0.1"], connect=[("127.0.0.1", port)])],
                 capture_output=True, text=True, timeout=60, env=env).stdout
 
         check()  # the first look writes the manifest's cache
