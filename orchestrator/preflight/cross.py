@@ -214,7 +214,8 @@ mktmp() {
   trap 'rm -rf "$tmp"' EXIT
   n=1000  # output files 1001, 1002, ...: `cat` prints them in the order the ops came
 }
-background() {
+ops() {  # the ops into $peers and $tcps; listeners, hccn pings and (without bash) connects
+  # start as jobs at once (never on a node that runs them in the foreground: fg is unset there)
   peers= tcps=
   while [ $# -gt 0 ]; do
     case $1 in
@@ -223,22 +224,18 @@ background() {
          shift 4 ;;
       L) job "listen $2" listen "$2" "$3" "$4"; shift 4 ;;
       H) raw hping "$2" "$3"; shift 3 ;;
-      *) echo "cross: unknown op $1" >&2; exit 2 ;;
+      *) echo "cross: unknown op $1" >&2; return 2 ;;
     esac
   done
+}
+background() {
+  ops "$@" || exit 2
   # shellcheck disable=SC2086  # IPs (validated by orch): one word each
   [ -n "$peers" ] && { n=$((n + 1)); pings $peers > "$tmp/$n" 2>&1 & }
   [ -n "$tcps" ] && { n=$((n + 1)); conns $tcps > "$tmp/$n" 2>&1 & }
 }
 foreground() {
-  peers= tcps=
-  while [ $# -gt 0 ]; do
-    case $1 in
-      P) peers="$peers $2"; shift 2 ;;
-      T) tcps="$tcps $2 $3 $4"; shift 4 ;;
-      *) echo "cross: unknown op $1" >&2; return 2 ;;
-    esac
-  done
+  ops "$@" || return 2
   # shellcheck disable=SC2086
   [ -n "$tcps" ] && conns $tcps
   # shellcheck disable=SC2086
